@@ -1,0 +1,114 @@
+"""Configs of the training job itself: the SFT stage, the RL loop, evaluation and logging.
+
+The model, parallel layout, optimizer and checkpoint format belong to the actor (config/actor.py);
+sampling belongs to the rollout (config/rollout.py); the signal builder and reward to config/signal.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(kw_only=True)
+class SftConfig:
+    """Supervised next-item training: every prefix of a user's training sequence predicts the next item."""
+
+    enabled: bool = True
+    """Run the SFT stage (set false to go straight to RL, e.g. from `rl.init_checkpoint`)."""
+    epochs: float = 1.0
+    """Passes over the SFT examples; fractional values stop part-way through the last epoch."""
+    max_steps: int = 0
+    """Upper bound on optimizer steps (0 = no bound; the epochs decide)."""
+    batch_size: int = 64
+    """Global number of (prompt, next item) examples per optimizer step."""
+    init_checkpoint: str = ""
+    """Start SFT from this actor checkpoint directory (empty = fresh initialization)."""
+    save_every: int = 0
+    """Save a checkpoint every this many SFT steps (0 = only at the end of the stage)."""
+    log_every: int = 10
+    """Log SFT metrics every this many steps (the last step is always logged)."""
+    eval_at_end: bool = True
+    """Evaluate (recast-eval's metrics on the eval split) once SFT finishes."""
+
+    def validate(self) -> None:
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("max_steps", "save_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass(kw_only=True)
+class RlConfig:
+    """The RL loop: sample prompts, roll out groups, reward, build the update batch, update, sync, eval, save."""
+
+    enabled: bool = True
+    """Run the RL stage after SFT."""
+    steps: int = 50
+    """Number of RL steps (one actor update each)."""
+    prompts_per_step: int = 32
+    """B: training prompts sampled per step (users drawn without replacement within an epoch)."""
+    init_checkpoint: str = ""
+    """Start RL from this actor checkpoint (empty = the SFT result of this run, or a fresh model)."""
+    eval_every: int = 10
+    """Evaluate every this many RL steps (0 = only at the end)."""
+    save_every: int = 10
+    """Save a checkpoint every this many RL steps (0 = only at the end)."""
+    log_every: int = 1
+    """Write the step's metrics every this many steps (the rollout budget is logged with every record)."""
+
+    def validate(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.prompts_per_step < 1:
+            raise ValueError(f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
+        for name in ("eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """Constrained beam search over the full catalog, scored with ranking metrics."""
+
+    split: Literal["validation", "test"] = "validation"
+    """Which leave-one-out target is scored (validation = second-last item, test = last item)."""
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 32])
+    """Cut-offs K for Pass@K, Recall@K and NDCG@K."""
+    beam_width: int = 32
+    """Beams kept per user; the ranked list has this many items, so it must be >= max(ks)."""
+    max_users: int = 0
+    """Score only the first this many users of the split (0 = all users)."""
+    batch_size: int = 64
+    """Users per beam-search call."""
+
+    def validate(self) -> None:
+        if not self.ks:
+            raise ValueError("ks must list at least one cut-off")
+        if any(k < 1 for k in self.ks):
+            raise ValueError(f"every K in ks must be >= 1, got {self.ks}")
+        if self.beam_width < max(self.ks):
+            raise ValueError(f"beam_width ({self.beam_width}) must be >= max(ks) ({max(self.ks)})")
+        if self.max_users < 0 or self.batch_size < 1:
+            raise ValueError("max_users must be >= 0 and batch_size >= 1")
+
+
+@dataclass(kw_only=True)
+class LoggingConfig:
+    """Where metrics go: progress bar, JSONL, TensorBoard, PNG plots."""
+
+    progress_bar: bool = True
+    """Show a tqdm bar with the key figures (rank 0 only)."""
+    tensorboard: bool = True
+    """Write TensorBoard event files under <run_dir>/tensorboard."""
+    plots: bool = True
+    """Draw PNG plots (vs step and vs rollout budget) under <run_dir>/plots at eval/save time and at the end."""
+    jsonl_name: str = "metrics.jsonl"
+    """File name (inside the run directory) of the JSONL with every logged metric record."""
