@@ -45,7 +45,10 @@ class SftConfig:
 
 @dataclass(kw_only=True)
 class RlConfig:
-    """The RL loop: sample prompts, roll out groups, reward, build the update batch, update, sync, eval, save."""
+    """The RL loop: sample prompts, roll out groups, reward, build the update batch, update, sync, eval, save.
+
+    How often RL checkpoints are saved is the actor's ``checkpoint.save_interval``.
+    """
 
     enabled: bool = True
     """Run the RL stage after SFT."""
@@ -57,8 +60,6 @@ class RlConfig:
     """Start RL from this actor checkpoint (empty = the SFT result of this run, or a fresh model)."""
     eval_every: int = 10
     """Evaluate every this many RL steps (0 = only at the end)."""
-    save_every: int = 10
-    """Save a checkpoint every this many RL steps (0 = only at the end)."""
     log_every: int = 1
     """Write the step's metrics every this many steps (the rollout budget is logged with every record)."""
 
@@ -67,9 +68,8 @@ class RlConfig:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
-        for name in ("eval_every", "save_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be >= 0, got {self.eval_every}")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
 
