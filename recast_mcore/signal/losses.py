@@ -1,0 +1,159 @@
+"""Policy losses the actor applies to an ``UpdateBatch`` (registry; pure torch).
+
+Contract (every registered loss)::
+
+    loss_fn(token_logprobs: FloatTensor[n, T], batch: UpdateBatch) -> (loss_sum, denom, metrics)
+
+``token_logprobs`` are the CURRENT policy's constrained log-probs of ``batch.responses`` (with grad),
+``batch`` is the micro-batch (``UpdateBatch.select`` of whole groups). The step loss is
+``sum(loss_sum) / sum(denom)`` over micro-batches and data-parallel ranks (Megatron's
+``calculate_per_token_loss=True`` path). ``metrics`` values are detached scalar SUMS over the
+micro-batch; sum them over micro-batches and ranks and divide by the summed ``denom`` to log means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from recast_mcore.config.signal import ContrastLossConfig, PpoLossConfig
+from recast_mcore.signal.batch import Role, UpdateBatch
+
+LossOutput = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
+LossFn = Callable[[torch.Tensor, UpdateBatch], LossOutput]
+
+LOSSES: dict[str, LossFn] = {}
+
+
+def register_loss(name: str) -> Callable[[LossFn], LossFn]:
+    """Decorator adding a loss under ``name``; a duplicate name raises."""
+
+    def add(fn: LossFn) -> LossFn:
+        if name in LOSSES:
+            raise ValueError(f"policy loss '{name}' is already registered")
+        LOSSES[name] = fn
+        return fn
+
+    return add
+
+
+def get_loss(name: str) -> LossFn:
+    """The registered loss ``name``; an unknown name raises listing the valid ones."""
+    if name not in LOSSES:
+        raise KeyError(f"unknown policy loss '{name}'; valid: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
+
+
+def compute_policy_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> LossOutput:
+    """Check shapes and apply the loss named by ``batch.loss_name``."""
+    if tuple(token_logprobs.shape) != tuple(batch.responses.shape):
+        raise ValueError(
+            f"token_logprobs shape {tuple(token_logprobs.shape)} != batch.responses {tuple(batch.responses.shape)}"
+        )
+    return get_loss(batch.loss_name)(token_logprobs, batch)
+
+
+def _params(batch: UpdateBatch, cls: type) -> object:
+    if not isinstance(batch.loss_params, cls):
+        raise TypeError(f"loss '{batch.loss_name}' needs loss_params of type {cls.__name__}, got {type(batch.loss_params).__name__}")
+    return batch.loss_params
+
+
+@register_loss("ppo_clip")
+def ppo_clip_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> LossOutput:
+    """PPO clipped surrogate with token-mean aggregation (verl ``compute_policy_loss`` vanilla).
+
+    Shapes: lp, old, ref, mask [n, T]; A, w [n] broadcast over T.
+        rho_t   = exp(clamp(lp_t - old_t, -20, 20))
+        l1_t    = -A rho_t;   l2_t = -A clip(rho_t, 1 - clip_low, 1 + clip_high)
+        pg_t    = max(l1_t, l2_t);  if A < 0 and dual_clip_c: pg_t = min(pg_t, -A dual_clip_c)
+        k3_t    = clamp(exp(ref_t - lp_t) - (ref_t - lp_t) - 1, -kl_clamp, kl_clamp)   (use_kl only)
+        loss_sum = sum_{n,t} mask w (pg_t + kl_coef k3_t);    denom = sum_{n,t} mask
+    """
+    p: PpoLossConfig = _params(batch, PpoLossConfig)  # type: ignore[assignment]
+    mask = batch.token_mask.to(token_logprobs.dtype)
+    adv = batch.advantages.to(token_logprobs.dtype)[:, None]
+    log_ratio = torch.clamp(token_logprobs - batch.old_logprobs, -20.0, 20.0)
+    ratio = torch.exp(log_ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high)
+    pg = torch.maximum(unclipped, clipped)
+    if p.dual_clip_c is not None:
+        pg = torch.where(adv < 0, torch.minimum(pg, -adv * p.dual_clip_c), pg)
+    per_token = pg
+    weight = mask * batch.weights.to(token_logprobs.dtype)[:, None]
+    metrics = {
+        "pg_loss_sum": (pg * weight).sum().detach(),
+        "clipfrac_sum": ((clipped > unclipped).to(mask.dtype) * mask).sum().detach(),
+        "ratio_sum": (ratio * mask).sum().detach(),
+        "approx_kl_old_sum": (-log_ratio * mask).sum().detach(),
+    }
+    if p.use_kl:
+        if batch.ref_logprobs is None:
+            raise ValueError("ppo_clip with use_kl=True needs batch.ref_logprobs (reference-policy log-probs)")
+        kl = batch.ref_logprobs - token_logprobs
+        k3 = torch.clamp(torch.exp(kl) - kl - 1.0, -p.kl_clamp, p.kl_clamp)
+        per_token = per_token + p.kl_coef * k3
+        metrics["kl_ref_sum"] = (k3 * mask).sum().detach()
+    loss_sum = (per_token * weight).sum()
+    return loss_sum, mask.sum(), metrics
+
+
+def sequence_scores(token_logprobs: torch.Tensor, token_mask: torch.Tensor, score: str) -> torch.Tensor:
+    """[n] sequence score from [n, T] log-probs: ``sum_t mask lp`` or that divided by ``sum_t mask``."""
+    mask = token_mask.to(token_logprobs.dtype)
+    total = (token_logprobs * mask).sum(dim=1)
+    if score == "sum":
+        return total
+    if score == "mean":
+        return total / mask.sum(dim=1).clamp_min(1.0)
+    raise ValueError(f"unknown sequence score '{score}'; valid: mean, sum")
+
+
+@register_loss("pairwise_contrast")
+def pairwise_contrast_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> LossOutput:
+    """Margin-focused contrast of each pair's positive vs negative sequence score.
+
+    Shapes: lp, old, mask [n, T]; pairs [P, 2] = (i+, i-); pair weights v [P]; row weights w [n].
+        s_i     = sum_t mask lp_{i,t}   (score="mean": divided by sum_t mask)
+        ratio_clip: s_{i+} <- min(s_{i+}, sg(s_old_{i+}) + log(1 + clip_high)),
+                    s_{i-} <- max(s_{i-}, sg(s_old_{i-}) + log(1 - clip_low))   (no gradient past the bound)
+        d_p     = beta (s_{i+} - s_{i-})
+        l_p     = softplus(margin - d_p) = -log sigmoid(d_p - margin)      (form="logsigmoid")
+                  max(0, margin - d_p)                                      (form="hinge")
+        loss_sum = sum_p v_p l_p + anchor_nll_coef sum_{i: role=ANCHOR} w_i (-s_i);   denom = P
+    """
+    p: ContrastLossConfig = _params(batch, ContrastLossConfig)  # type: ignore[assignment]
+    s = sequence_scores(token_logprobs, batch.token_mask, p.score)
+    pos, neg = batch.pairs[:, 0], batch.pairs[:, 1]
+    s_pos, s_neg = s[pos], s[neg]
+    if p.ratio_clip:
+        s_old = sequence_scores(batch.old_logprobs.to(s.dtype), batch.token_mask, p.score)
+        cap = s_old[pos] + math.log1p(p.clip_high)
+        floor = s_old[neg] + math.log1p(-p.clip_low)
+        s_pos = torch.where(s_pos > cap, cap, s_pos)
+        s_neg = torch.where(s_neg < floor, floor, s_neg)
+    diff = s_pos - s_neg
+    scaled = p.beta * diff
+    if p.form == "logsigmoid":
+        pair_loss = F.softplus(p.margin - scaled)
+    else:
+        pair_loss = F.relu(p.margin - scaled)
+    pair_w = batch.pair_weights.to(s.dtype)
+    # 0 * sum(lp) keeps the loss attached to the graph when a micro-batch has no pair
+    loss_sum = (pair_w * pair_loss).sum() + 0.0 * token_logprobs.sum()
+    metrics = {
+        "pair_loss_sum": (pair_w * pair_loss).sum().detach(),
+        "pair_margin_sum": diff.sum().detach(),
+        "pair_acc_sum": (diff > 0).to(s.dtype).sum().detach(),
+    }
+    if p.anchor_nll_coef > 0:
+        anchor = batch.roles == Role.ANCHOR
+        nll = (batch.weights.to(s.dtype)[anchor] * -s[anchor]).sum()
+        loss_sum = loss_sum + p.anchor_nll_coef * nll
+        metrics["anchor_nll_sum"] = nll.detach()
+    denom = torch.tensor(float(batch.num_pairs), dtype=s.dtype, device=s.device)
+    return loss_sum, denom, metrics
