@@ -1,0 +1,156 @@
+"""The policy network: a Megatron-Core GPTModel in the Llama/Qwen style, and the ONE place layer specs are chosen.
+
+Architecture (all from ModelConfig): RMSNorm, SwiGLU MLP (``linear_fc1`` = [gate; up]), RoPE, grouped-query
+attention (``linear_qkv`` grouped per query group: q heads, then k, then v), optional per-head q/k RMSNorm
+(Qwen3), no biases, tied or untied embeddings.
+
+Spec choice (``layer_spec``): the Transformer Engine spec when TE is importable (or requested), else the
+Megatron-local spec. FP8 needs TE on a GPU; asking for it on CPU raises. bf16 mixed precision sets
+``bf16=True`` (params in bf16, fp32 main params in the Megatron optimizer). Apex fused kernels are used by
+megatron itself when apex is installed (gradient accumulation fusion is enabled only then).
+
+Vocabulary: the embedding is padded to ``padded_vocab_size`` (a multiple of 128, independent of TP, so
+checkpoints reshard across TP sizes); rows >= vocab_size are never valid tokens (the trie mask excludes
+them and the SFT loss ignores them).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.spec_utils import ModuleSpec
+
+from recast_mcore.config.actor import ModelConfig, ParallelConfig
+
+VOCAB_PAD_MULTIPLE = 128
+
+
+def padded_vocab_size(vocab_size: int) -> int:
+    """Round the vocabulary up to a multiple of 128 (TP sizes up to 128 divide it)."""
+    return -(-vocab_size // VOCAB_PAD_MULTIPLE) * VOCAB_PAD_MULTIPLE
+
+
+def transformer_engine_available() -> bool:
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def apex_available() -> bool:
+    return importlib.util.find_spec("apex") is not None and importlib.util.find_spec("fused_weight_gradient_mlp_cuda") is not None
+
+
+def use_transformer_engine(model_cfg: ModelConfig) -> bool:
+    """Resolve ``transformer_impl``; raise on impossible requests (no silent fallback)."""
+    if model_cfg.transformer_impl == "local":
+        if model_cfg.fp8 != "none":
+            raise ValueError("model.fp8 needs transformer_impl transformer_engine (or auto with TE installed)")
+        return False
+    have_te = transformer_engine_available() and torch.cuda.is_available()
+    if model_cfg.fp8 != "none" and not have_te:
+        raise RuntimeError(
+            f"model.fp8={model_cfg.fp8} needs Transformer Engine on a CUDA GPU; this machine has "
+            f"cuda={torch.cuda.is_available()}, transformer_engine={transformer_engine_available()}. "
+            "Set model.fp8: none on CPU."
+        )
+    if model_cfg.transformer_impl == "transformer_engine" and not have_te:
+        raise RuntimeError("model.transformer_impl=transformer_engine but Transformer Engine/CUDA is not available")
+    return have_te
+
+
+def layer_spec(model_cfg: ModelConfig) -> ModuleSpec:
+    """The transformer-layer spec: TE when available/requested, else Megatron-local (RMSNorm, SwiGLU)."""
+    if use_transformer_engine(model_cfg):
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=model_cfg.qk_layernorm)
+    return get_gpt_layer_local_spec(qk_layernorm=model_cfg.qk_layernorm, normalization="RMSNorm")
+
+
+def transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfig) -> TransformerConfig:
+    """Megatron TransformerConfig for our Llama/Qwen-style decoder."""
+    if model_cfg.num_layers % (parallel_cfg.pipeline_parallel * parallel_cfg.virtual_pipeline_parallel):
+        raise ValueError(
+            f"num_layers={model_cfg.num_layers} is not divisible by pipeline_parallel*virtual_pipeline_parallel="
+            f"{parallel_cfg.pipeline_parallel}*{parallel_cfg.virtual_pipeline_parallel}"
+        )
+    if model_cfg.num_query_groups % parallel_cfg.tensor_parallel:
+        raise ValueError(
+            f"num_query_groups={model_cfg.num_query_groups} is not divisible by tensor_parallel={parallel_cfg.tensor_parallel}"
+        )
+    te = use_transformer_engine(model_cfg)
+    bf16 = model_cfg.params_dtype == "bf16"
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    vpp = parallel_cfg.virtual_pipeline_parallel if parallel_cfg.virtual_pipeline_parallel > 1 else None
+    fp8_kwargs = {}
+    if model_cfg.fp8 != "none":
+        fp8_kwargs = dict(fp8=model_cfg.fp8, fp8_recipe=model_cfg.fp8_recipe)
+    return TransformerConfig(
+        num_layers=model_cfg.num_layers,
+        hidden_size=model_cfg.hidden_size,
+        ffn_hidden_size=model_cfg.ffn_hidden_size,
+        num_attention_heads=model_cfg.num_attention_heads,
+        num_query_groups=model_cfg.num_query_groups,
+        kv_channels=model_cfg.head_dim,
+        qk_layernorm=model_cfg.qk_layernorm,
+        normalization="RMSNorm",
+        layernorm_epsilon=model_cfg.norm_epsilon,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=model_cfg.init_method_std,
+        tensor_model_parallel_size=parallel_cfg.tensor_parallel,
+        pipeline_model_parallel_size=parallel_cfg.pipeline_parallel,
+        virtual_pipeline_model_parallel_size=vpp,
+        sequence_parallel=parallel_cfg.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=bf16,
+        calculate_per_token_loss=True,
+        use_cpu_initialization=not torch.cuda.is_available(),
+        gradient_accumulation_fusion=te and apex_available(),
+        masked_softmax_fusion=te,
+        bias_activation_fusion=False,
+        bias_dropout_fusion=te,
+        apply_rope_fusion=False,
+        persist_layer_norm=te,
+        deallocate_pipeline_outputs=True,
+        batch_p2p_sync=torch.cuda.is_available(),
+        **fp8_kwargs,
+    )
+
+
+def build_model_chunks(
+    model_cfg: ModelConfig, parallel_cfg: ParallelConfig, vocab_size: int
+) -> tuple[list[GPTModel], TransformerConfig]:
+    """This rank's model chunks (one per virtual pipeline stage), on the current device, in params_dtype."""
+    config = transformer_config(model_cfg, parallel_cfg)
+    spec = layer_spec(model_cfg)
+    vpp = parallel_cfg.virtual_pipeline_parallel
+    chunks = []
+    for vp_stage in range(vpp):
+        vp = vp_stage if vpp > 1 else None
+        chunk = GPTModel(
+            config=config,
+            transformer_layer_spec=spec,
+            vocab_size=padded_vocab_size(vocab_size),
+            max_sequence_length=model_cfg.max_seq_len,
+            pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp),
+            post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp),
+            parallel_output=False,  # logits gathered over TP: see actor/forward_backward.py
+            share_embeddings_and_output_weights=model_cfg.tie_embeddings,
+            position_embedding_type="rope",
+            rotary_base=model_cfg.rotary_base,
+            vp_stage=vp,
+        )
+        if torch.cuda.is_available():
+            chunk.cuda(torch.cuda.current_device())
+        chunks.append(chunk)
+    return chunks, config
