@@ -17,8 +17,12 @@ log-prob (the same selection ReCast uses), so the number is comparable between b
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from recast_mcore.signal.inputs import SignalInputs
 
 
 @dataclass
@@ -84,7 +88,7 @@ def strongest_positive(rewards: torch.Tensor, seq_logprobs: torch.Tensor, positi
     rewards, seq_logprobs, positive: [B, G]. Rows with no positive return an arbitrary column;
     mask them with ``positive.any(1)``.
     """
-    return _lexicographic_argmax(rewards, seq_logprobs, positive)
+    return lexicographic_argmax(rewards, seq_logprobs, positive)
 
 
 def hardest_negatives(seq_logprobs: torch.Tensor, negative: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +103,7 @@ def hardest_negatives(seq_logprobs: torch.Tensor, negative: torch.Tensor, k: int
     return top.indices, valid
 
 
-def _lexicographic_argmax(primary: torch.Tensor, secondary: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+def lexicographic_argmax(primary: torch.Tensor, secondary: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """argmax over dim 1 of (primary, then secondary) among ``allowed`` entries, all [B, G]."""
     neg_inf = torch.tensor(float("-inf"), dtype=primary.dtype)
     best_primary = torch.where(allowed, primary, neg_inf).max(dim=1, keepdim=True).values
@@ -119,3 +123,28 @@ def sampled_margin(rewards: torch.Tensor, seq_logprobs: torch.Tensor, positive_t
     rows = torch.arange(rewards.shape[0])
     margin = seq_logprobs[rows, pos_col] - seq_logprobs[rows, neg_col[:, 0]]
     return float(margin[both].mean())
+
+
+def base_stats(inputs: SignalInputs, positive_threshold: float, negative_threshold: float) -> SignalStats:
+    """Fields every builder shares: group categories, sampled margin, mean reward, rollout budget."""
+    rewards = inputs.rewards.to(torch.float32)
+    cats = group_categories(rewards, positive_threshold)
+    seq = inputs.groups.seq_logprobs.to(torch.float32)
+    info = inputs.sampling
+    return SignalStats(
+        num_groups=rewards.shape[0],
+        frac_all_zero=frac(cats["all_zero"]),
+        frac_single_hit=frac(cats["single_hit"]),
+        frac_all_positive=frac(cats["all_positive"]),
+        mean_margin=sampled_margin(rewards, seq, positive_threshold, negative_threshold),
+        mean_reward=float(rewards.mean()) if rewards.numel() else 0.0,
+        rollouts=info.rollouts if info else inputs.groups.num_sampled,
+        extra_rollouts=info.extra_rollouts if info else 0,
+        sampling_rounds=info.rounds if info else 1,
+        dropped_groups=info.dropped_groups if info else 0,
+    )
+
+
+def frac(mask: torch.Tensor) -> float:
+    """Mean of a bool mask as a float (0.0 when empty)."""
+    return float(mask.float().mean()) if mask.numel() else 0.0
