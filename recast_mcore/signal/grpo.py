@@ -26,11 +26,13 @@ def group_advantages(rewards: torch.Tensor, std: str, epsilon: float) -> torch.T
         raise ValueError(f"rewards must be [B, G], got shape {tuple(rewards.shape)}")
     if rewards.shape[1] < 2:
         raise ValueError(f"GRPO needs a group size G >= 2, got {rewards.shape[1]}")
+    if std not in ("unbiased", "biased", "none"):
+        raise ValueError(f"unknown std '{std}'; valid: biased, none, unbiased")
+    if rewards.shape[0] == 0:
+        return torch.zeros_like(rewards)
     centered = rewards - rewards.mean(dim=1, keepdim=True)
     if std == "none":
         return centered
-    if std not in ("unbiased", "biased"):
-        raise ValueError(f"unknown std '{std}'; valid: biased, none, unbiased")
     scale = rewards.std(dim=1, keepdim=True, unbiased=(std == "unbiased"))
     return centered / (scale + epsilon)
 
