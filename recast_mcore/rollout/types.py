@@ -51,3 +51,28 @@ class RolloutGroups:
             raise ValueError(f"item_ids shape {tuple(self.item_ids.shape)} != {(b, g)}")
         if len(self.prompt_ids) != b or len(self.targets) != b:
             raise ValueError("prompt_ids and targets must have one entry per prompt")
+
+
+@dataclass
+class BeamResults:
+    """Top-K items per prompt from constrained beam search (used by evaluation and beam-based rollouts)."""
+
+    prompt_ids: list[list[int]]
+    """B token-id lists."""
+    responses: torch.Tensor
+    """[B, K, T] int64: item tokens then EOS, best first."""
+    token_logprobs: torch.Tensor
+    """[B, K, T] float32: constrained log-probs of every response token (EOS term 0)."""
+    scores: torch.Tensor
+    """[B, K] float32: sequence log-probs ``token_logprobs.sum(-1)``, descending along K."""
+    item_ids: torch.Tensor
+    """[B, K] int64: catalog index of each beam."""
+    policy_version: int
+    """Weight version of the policy that scored the beams."""
+
+    def validate(self) -> None:
+        b, k, t = self.responses.shape
+        if self.token_logprobs.shape != (b, k, t) or self.scores.shape != (b, k) or self.item_ids.shape != (b, k):
+            raise ValueError("BeamResults tensors disagree in shape")
+        if len(self.prompt_ids) != b:
+            raise ValueError("prompt_ids must have one entry per prompt")

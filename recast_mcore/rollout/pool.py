@@ -1,0 +1,155 @@
+"""A pool of SGLang servers (launched or attached): spreads request chunks, detects and recovers failures.
+
+Delivery guarantee of ``map``: every payload's result is stored exactly once, under its own index.
+A chunk whose request failed (``ServerUnavailable``: dead, hung past the timeout, HTTP 5xx) is re-sent
+as a whole after its server was recovered; a partially served chunk is never merged, so nothing is
+lost or double-counted. A rejected request (HTTP 4xx) is raised at once, never retried.
+
+Recovery: a launched server that is dead or unhealthy is killed and restarted (same port) from the
+current weights via ``current_weights() -> (model_path, version)`` and then ``after_restart(client)``
+(tensor sync re-pushes the last weights). An attached server that stopped answering is taken out of
+rotation while others remain (it cannot be restarted from here).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, TypeVar
+
+from recast_mcore.config.rollout import SGLangServerConfig
+from recast_mcore.rollout.client import RequestRejected, ServerUnavailable, SGLangClient
+from recast_mcore.rollout.server import LaunchedServer, log_tail
+
+log = logging.getLogger(__name__)
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class ServerPool:
+    """Endpoints ``clients[i]`` (and ``servers[i]`` when launched)."""
+
+    def __init__(self, cfg: SGLangServerConfig, model_dir: str, weight_version: int,
+                 current_weights: Callable[[], tuple[str, int]], after_restart: Callable[[SGLangClient], None]):
+        if cfg.use_router:
+            raise ValueError("sglang.use_router: sglang_router is not installed in this environment and the router "
+                             "front-end is not implemented; spread requests with the built-in client (use_router: false)")
+        self.cfg = cfg
+        self.current_weights = current_weights
+        self.after_restart = after_restart
+        self.restarts = 0
+        self._lock = threading.Lock()
+        self._own_log_dir = not cfg.log_dir
+        self.log_dir = Path(cfg.log_dir or tempfile.mkdtemp(prefix="recast-sglang-logs-"))
+        self.servers: list[LaunchedServer | None] = []
+        if cfg.mode == "launch":
+            for i in range(cfg.num_servers):
+                port = cfg.base_port + i if cfg.base_port else 0
+                self.servers.append(LaunchedServer(cfg, model_dir, self.log_dir / f"server{i}.log", port, weight_version))
+            self._start_all()
+            urls = [s.url for s in self.servers]
+        else:
+            urls = list(cfg.urls)
+            self.servers = [None] * len(urls)
+        self.clients = [SGLangClient(u, cfg.request_timeout_s) for u in urls]
+        self.live = list(range(len(self.clients)))
+        if cfg.mode == "attach":
+            dead = [c.url for c in self.clients if not c.healthy()]
+            if dead:
+                raise ServerUnavailable(f"attached SGLang servers do not answer /health: {dead}")
+
+    def _start_all(self) -> None:
+        errors: list[BaseException] = []
+        threads = [threading.Thread(target=_start_into, args=(s, errors)) for s in self.servers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            self.close()
+            raise errors[0]
+
+    def map(self, payloads: list[P], call: Callable[[SGLangClient, P], R]) -> list[R]:
+        """``[call(client, p) for p in payloads]`` spread over the live servers, with recovery and retries."""
+        results: list[R | None] = [None] * len(payloads)
+        pending = list(range(len(payloads)))
+        for attempt in range(self.cfg.max_retries + 1):
+            failed = self._round(pending, payloads, call, results)
+            if not failed:
+                return results  # type: ignore[return-value]
+            if attempt == self.cfg.max_retries:
+                idx, (ep, exc) = next(iter(failed.items()))
+                raise ServerUnavailable(
+                    f"{len(failed)} request chunks still failing after {self.cfg.max_retries} retries; "
+                    f"last error from {self.clients[ep].url}: {exc}{self._tail(ep)}"
+                ) from exc
+            for ep in sorted({ep for ep, _ in failed.values()}):
+                self.recover(ep)
+            pending = sorted(failed)
+        raise AssertionError("unreachable")
+
+    def _round(self, pending, payloads, call, results) -> dict[int, tuple[int, BaseException]]:
+        if not self.live:
+            raise ServerUnavailable("no SGLang server is left in rotation")
+        assign = {idx: self.live[k % len(self.live)] for k, idx in enumerate(pending)}
+        failed: dict[int, tuple[int, BaseException]] = {}
+        workers = min(len(pending), 4 * len(self.live))
+
+        def run(idx: int) -> None:
+            ep = assign[idx]
+            try:
+                results[idx] = call(self.clients[ep], payloads[idx])
+            except ServerUnavailable as exc:
+                with self._lock:
+                    failed[idx] = (ep, exc)
+
+        with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
+            for fut in [pool.submit(run, i) for i in pending]:
+                fut.result()  # re-raises RequestRejected and programming errors
+        return failed
+
+    def recover(self, ep: int) -> None:
+        """Make endpoint ``ep`` serve again (restart a launched server) or drop it (attached)."""
+        server, client = self.servers[ep], self.clients[ep]
+        if server is None:
+            if client.healthy():
+                return
+            if len(self.live) > 1:
+                log.warning("attached SGLang server %s stopped answering; removed from rotation", client.url)
+                self.live.remove(ep)
+                return
+            raise ServerUnavailable(f"the only attached SGLang server {client.url} stopped answering /health")
+        if server.is_running() and client.healthy():
+            return  # transient (e.g. a slow request); the retry goes to the same healthy server
+        model_path, version = self.current_weights()
+        log.warning("SGLang server %s is dead or hung; restarting from %s (weight version %d)", client.url, model_path, version)
+        server.restart(model_path, version)
+        self.restarts += 1
+        self.after_restart(client)
+
+    def broadcast(self, call: Callable[[SGLangClient], None]) -> None:
+        """Run ``call`` on every live server (weight updates); a dead launched server is restarted instead."""
+        for ep in list(self.live):
+            try:
+                call(self.clients[ep])
+            except ServerUnavailable:
+                self.recover(ep)  # restarts from current_weights(), which already name the new version
+
+    def _tail(self, ep: int) -> str:
+        server = self.servers[ep]
+        return f"\nlog tail of {server.log_path}:\n{log_tail(server.log_path)}" if server else ""
+
+    def close(self) -> None:
+        for server in self.servers:
+            if server is not None:
+                server.stop()
+
+
+def _start_into(server: LaunchedServer, errors: list[BaseException]) -> None:
+    try:
+        server.start()
+    except BaseException as exc:  # reported by the caller after every start finished
+        errors.append(exc)

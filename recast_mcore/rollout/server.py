@@ -1,0 +1,156 @@
+"""Local SGLang server processes: launch on a free loopback port, health-check, capture logs, stop, restart.
+
+``LaunchedServer`` owns one ``python -m sglang.launch_server`` process group. On CPU the process gets the
+CPU bridges on its PYTHONPATH (``cpu_bridge.server_env``). Every launched server also gets
+``SGLANG_RETURN_ORIGINAL_LOGPROB=1``, so returned log-probs are of the temperature-1 distribution after
+the trie mask: exactly the constrained policy the actor trains (see docs/rollout.md).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from recast_mcore.config.rollout import SGLangServerConfig
+from recast_mcore.rollout.cpu_bridge import needs_cpu_bridges, server_env
+
+
+class ServerStartError(RuntimeError):
+    """A launched SGLang server exited or never became healthy; the message carries its log tail."""
+
+
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (bound with port 0, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    """The last ``lines`` lines of a log file ('' when missing)."""
+    if not path.exists():
+        return ""
+    text = path.read_text(errors="replace").splitlines()
+    keep = [ln for ln in text if "server_args=" not in ln]  # one huge line, rarely the cause
+    return "\n".join(keep[-lines:])
+
+
+def launch_command(cfg: SGLangServerConfig, model_path: str, port: int, weight_version: int = 0) -> list[str]:
+    """The ``sglang.launch_server`` command line for one server (it reports ``weight_version`` per sample)."""
+    cmd = [
+        sys.executable, "-m", "sglang.launch_server",
+        "--model-path", str(model_path),
+        "--host", cfg.host,
+        "--port", str(port),
+        "--dtype", cfg.dtype,
+        "--max-total-tokens", str(cfg.max_total_tokens),
+        "--random-seed", str(cfg.random_seed),
+        "--enable-custom-logit-processor",
+        "--skip-tokenizer-init",
+        "--weight-version", str(weight_version),
+    ]
+    if needs_cpu_bridges():
+        cmd += ["--device", "cpu", "--disable-overlap-schedule"]
+    if cfg.mem_fraction_static > 0:
+        cmd += ["--mem-fraction-static", str(cfg.mem_fraction_static)]
+    return cmd + list(cfg.extra_args)
+
+
+class LaunchedServer:
+    """One local SGLang server process; ``start()`` blocks until /health answers 200."""
+
+    def __init__(self, cfg: SGLangServerConfig, model_path: str, log_path: Path, port: int = 0, weight_version: int = 0):
+        self.cfg = cfg
+        self.model_path = str(model_path)
+        self.weight_version = weight_version
+        self.log_path = Path(log_path)
+        self.port = port or find_free_port(cfg.host)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}"
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self) -> None:
+        if self.is_running():
+            raise RuntimeError(f"server at {self.url} is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = server_env()
+        env["SGLANG_RETURN_ORIGINAL_LOGPROB"] = "1"
+        if self.cfg.omp_threads > 0:
+            env["OMP_NUM_THREADS"] = str(self.cfg.omp_threads)
+        cmd = launch_command(self.cfg, self.model_path, self.port, self.weight_version)
+        with self.log_path.open("ab") as log:
+            log.write(f"\n==== start #{self.starts + 1}: {' '.join(cmd)}\n".encode())
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            )
+        self.starts += 1
+        self._wait_healthy()
+
+    def _wait_healthy(self) -> None:
+        deadline = time.monotonic() + self.cfg.startup_timeout_s
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                code = self.proc.returncode if self.proc else None
+                raise ServerStartError(
+                    f"SGLang server for {self.model_path} exited with code {code} during startup; "
+                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
+                )
+            try:
+                if requests.get(self.url + "/health", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1.0)
+        self.stop()
+        raise ServerStartError(
+            f"SGLang server at {self.url} not healthy after {self.cfg.startup_timeout_s:.0f} s; "
+            f"log {self.log_path}:\n{log_tail(self.log_path)}"
+        )
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM the process group, SIGKILL it after ``timeout_s``."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            _signal_group(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout_s)
+        _signal_group(self.proc.pid, signal.SIGKILL)  # leftover children (scheduler, detokenizer)
+        self.proc = None
+
+    def restart(self, model_path: str, weight_version: int) -> None:
+        """Stop (if needed) and start again on the same port from ``model_path`` serving ``weight_version``."""
+        self.stop()
+        self.model_path = str(model_path)
+        self.weight_version = weight_version
+        self.start()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (used to simulate a crash)."""
+        if self.proc is not None:
+            _signal_group(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,211 @@
+"""The production rollout engine: real SGLang servers, trie-constrained sampling, beam search, weight sync.
+
+Sampling: one ``/generate`` call per chunk of prompts with ``n = G``, ``max_new_tokens = T``, the trie
+``CustomLogitProcessor`` and ``return_logprob``. Launched servers run with
+``SGLANG_RETURN_ORIGINAL_LOGPROB=1``: the returned log-prob of y_t is ``log_softmax(z masked by the trie)[y_t]``
+at temperature 1, i.e. ``log pi_c(y_t | x, y_<t)`` of the contract, whatever the sampling temperature.
+
+Beam search: per level, one query per (prompt, beam) with ``max_new_tokens = 1`` and
+``token_ids_logprob = allowed(prefix)``; the prompt prefix is shared through SGLang's radix cache;
+renormalization over the allowed set happens in ``beam.constrained_beam_search``.
+
+Versions: servers are launched with ``--weight-version v`` and every update passes ``weight_version``;
+each returned sample reports the version it came from and a mismatch raises (no stale sample is ever
+labelled as the current policy).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from recast_mcore.config.rollout import RolloutConfig, SamplingConfig, SGLangServerConfig, WeightSyncConfig
+from recast_mcore.rollout.base import EngineResources, register_engine
+from recast_mcore.rollout.beam import constrained_beam_search
+from recast_mcore.rollout.catalog import ItemCatalog, check_prompts
+from recast_mcore.rollout.client import SGLangClient
+from recast_mcore.rollout.pool import ServerPool
+from recast_mcore.rollout.trie_processor import trie_processor_string
+from recast_mcore.rollout.types import BeamResults, RolloutGroups
+from recast_mcore.rollout.weight_sync import serialize_named_tensors, write_snapshot
+
+
+class StaleWeightsError(RuntimeError):
+    """A server answered with a weight version other than the engine's current one."""
+
+
+class SGLangRolloutEngine:
+    """Rollouts from a pool of SGLang servers (see module docstring)."""
+
+    def __init__(self, server_cfg: SGLangServerConfig, sync_cfg: WeightSyncConfig, catalog: ItemCatalog,
+                 model_dir: str, *, work_dir: str = "", initial_version: int = 0):
+        if not (Path(model_dir) / "config.json").is_file():
+            raise FileNotFoundError(f"model_dir {model_dir!r} is not an exported HF directory (no config.json)")
+        self.server_cfg, self.sync_cfg, self.catalog = server_cfg, sync_cfg, catalog
+        self._own_work_dir = not work_dir
+        self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="recast-rollout-"))
+        self.initial_model_dir = str(model_dir)
+        self.model_path = str(model_dir)  # what a (re)started server loads: the newest disk snapshot
+        self.policy_version = initial_version
+        self._last_tensor_state: dict[str, torch.Tensor] | None = None
+        self.trie_path = str(catalog.save(self.work_dir / "trie"))
+        self.processor = trie_processor_string()
+        self.pool = ServerPool(server_cfg, self.model_path, initial_version,
+                               current_weights=lambda: (self.model_path, self.policy_version),
+                               after_restart=self._after_restart)
+
+    # ---- sampling -------------------------------------------------------------------------------
+    def generate(self, prompt_ids: list[list[int]], targets: list[list[int]], sampling: SamplingConfig) -> RolloutGroups:
+        check_prompts(prompt_ids, self.catalog.vocab_size)
+        if len(targets) != len(prompt_ids):
+            raise ValueError(f"{len(targets)} target lists for {len(prompt_ids)} prompts")
+        g, t_len = sampling.group_size, self.catalog.response_len
+        chunks = _chunks(list(range(len(prompt_ids))), self.server_cfg.prompts_per_request)
+        bodies = [self._sample_body([prompt_ids[i] for i in c], sampling) for c in chunks]
+        outs = self.pool.map(bodies, lambda client, body: client.generate(body))
+        tokens, logprobs = [], []
+        for chunk, out in zip(chunks, outs):
+            if len(out) != len(chunk) * g:
+                raise RuntimeError(f"SGLang returned {len(out)} samples for {len(chunk)} prompts x n={g}")
+            for sample in out:
+                ids, lps = self._parse_sample(sample, t_len)
+                tokens.append(ids)
+                logprobs.append(lps)
+        b = len(prompt_ids)
+        responses = torch.tensor(tokens, dtype=torch.long).reshape(b, g, t_len)
+        item_ids = self.catalog.item_ids(responses)
+        if bool((item_ids < 0).any()):
+            bad = responses.reshape(-1, t_len)[(item_ids.reshape(-1) < 0).nonzero()[0, 0]].tolist()
+            raise RuntimeError(f"SGLang returned a non-catalog item {bad}: the trie processor was not applied "
+                               "(server without --enable-custom-logit-processor, or trie tables not readable there)")
+        groups = RolloutGroups(
+            prompt_ids=[list(p) for p in prompt_ids], responses=responses,
+            token_logprobs=torch.tensor(logprobs, dtype=torch.float32).reshape(b, g, t_len), item_ids=item_ids,
+            targets=[list(x) for x in targets], policy_version=self.policy_version, num_sampled=b * g,
+        )
+        groups.validate()
+        return groups
+
+    def _sample_body(self, prompts: list[list[int]], sampling: SamplingConfig) -> dict[str, Any]:
+        return {
+            "input_ids": [list(p) for p in prompts],
+            "sampling_params": {
+                "n": sampling.group_size, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "top_k": sampling.top_k, "max_new_tokens": self.catalog.response_len,
+                "custom_params": {"trie_path": self.trie_path},
+            },
+            "return_logprob": True,
+            "custom_logit_processor": self.processor,
+        }
+
+    def _parse_sample(self, sample: dict[str, Any], t_len: int) -> tuple[list[int], list[float]]:
+        meta = sample["meta_info"]
+        self._check_version(meta)
+        pairs = meta["output_token_logprobs"]
+        ids = [int(p[1]) for p in pairs]
+        if len(ids) != t_len or ids[-1] != self.catalog.eos_id:
+            raise RuntimeError(f"SGLang sample {ids} is not an item of {t_len - 1} tokens + EOS "
+                               f"(finish_reason {meta.get('finish_reason')})")
+        return ids, [float(p[0]) for p in pairs]
+
+    def _check_version(self, meta: dict[str, Any]) -> None:
+        got = meta.get("weight_version")
+        if got != str(self.policy_version):
+            raise StaleWeightsError(f"sample produced by weight version {got!r}, engine serves {self.policy_version}")
+
+    # ---- beam search ----------------------------------------------------------------------------
+    def beam_search(self, prompt_ids: list[list[int]], beam_width: int) -> BeamResults:
+        check_prompts(prompt_ids, self.catalog.vocab_size)
+        responses, token_lp, scores = constrained_beam_search(
+            len(prompt_ids), self.catalog, beam_width, lambda o, p: self._next_logprobs(prompt_ids, o, p))
+        result = BeamResults(prompt_ids=[list(p) for p in prompt_ids], responses=responses, token_logprobs=token_lp,
+                             scores=scores, item_ids=self.catalog.item_ids(responses),
+                             policy_version=self.policy_version)
+        result.validate()
+        return result
+
+    def _next_logprobs(self, prompt_ids, owner: list[int], prefixes: list[list[int]]) -> torch.Tensor:
+        """[Q, V]: log-probs (temperature 1, unconstrained) of the allowed next tokens, -inf elsewhere."""
+        allowed = self.catalog.allowed_mask(prefixes)
+        queries = [(list(prompt_ids[o]) + p, allowed[q].nonzero().squeeze(1).tolist())
+                   for q, (o, p) in enumerate(zip(owner, prefixes))]
+        chunks = _chunks(queries, self.server_cfg.prompts_per_request * 8)
+        bodies = [{
+            "input_ids": [seq for seq, _ in c],
+            "sampling_params": {"temperature": 1.0, "max_new_tokens": 1},
+            "return_logprob": True,
+            "token_ids_logprob": [ids for _, ids in c],
+        } for c in chunks]
+        outs = self.pool.map(bodies, lambda client, body: client.generate(body))
+        lp = torch.full((len(queries), self.catalog.vocab_size), float("-inf"))
+        row = 0
+        for out in outs:
+            for sample in out:
+                self._check_version(sample["meta_info"])
+                for value, tok, _ in sample["meta_info"]["output_token_ids_logprobs"][0]:
+                    lp[row, int(tok)] = float(value)
+                row += 1
+        if row != len(queries):
+            raise RuntimeError(f"SGLang answered {row} of {len(queries)} beam queries")
+        return lp
+
+    # ---- weight sync ----------------------------------------------------------------------------
+    def update_weights(self, hf_state_dict: dict[str, torch.Tensor] | None, version: int) -> None:
+        """Push HF-layout weights to every server and serve them as ``version`` (must increase)."""
+        if hf_state_dict is None:
+            raise ValueError("the SGLang engine needs the HF-layout state dict (see checkpoint/hf_mapping.py)")
+        if version <= self.policy_version:
+            raise ValueError(f"weight version must increase: {version} <= current {self.policy_version}")
+        if self.sync_cfg.method == "disk":
+            snapshot = self._snapshot_dir(version)
+            write_snapshot(hf_state_dict, self.initial_model_dir, snapshot)
+            self.model_path, self.policy_version = str(snapshot), version
+            self.pool.broadcast(lambda c: c.update_weights_from_disk(self.model_path, version))
+            self._prune_snapshots(snapshot.parent)
+        else:
+            payload = serialize_named_tensors(hf_state_dict)
+            self._last_tensor_state = {k: v.detach().to("cpu").clone() for k, v in hf_state_dict.items()}
+            self.policy_version = version
+            self.pool.broadcast(lambda c: c.update_weights_from_tensor(payload, version))
+
+    def _after_restart(self, client: SGLangClient) -> None:
+        """A restarted server loaded ``self.model_path``; tensor sync must re-push the latest weights."""
+        if self.sync_cfg.method == "tensor" and self._last_tensor_state is not None:
+            client.update_weights_from_tensor(serialize_named_tensors(self._last_tensor_state), self.policy_version)
+
+    def _snapshot_dir(self, version: int) -> Path:
+        root = Path(self.sync_cfg.sync_dir) if self.sync_cfg.sync_dir else self.work_dir / "weights"
+        return root / f"v{version:08d}"
+
+    def _prune_snapshots(self, root: Path) -> None:
+        """Keep the newest ``keep_snapshots`` snapshot directories (the newest is what servers now load)."""
+        snaps = sorted(p for p in root.glob("v*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for old in snaps[: max(len(snaps) - self.sync_cfg.keep_snapshots, 0)]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def close(self) -> None:
+        self.pool.close()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> "SGLangRolloutEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@register_engine("sglang")
+def build_sglang_engine(cfg: RolloutConfig, resources: EngineResources) -> SGLangRolloutEngine:
+    if not resources.model_dir:
+        raise ValueError("the 'sglang' rollout engine needs resources.model_dir (an exported HF directory)")
+    return SGLangRolloutEngine(cfg.sglang, cfg.weight_sync, resources.catalog, resources.model_dir,
+                               work_dir=cfg.work_dir, initial_version=resources.initial_version)

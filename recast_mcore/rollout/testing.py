@@ -1,0 +1,85 @@
+"""Small fixtures for rollout tests and benchmarks: a random tiny HF Llama and a fixed-length catalog.
+
+Until the actor and the HF export land these stand in for them: ``hf_logits_fn`` plays the actor's
+``logits_fn`` and ``constrained_logprobs`` is the reference ``log pi_c`` of docs/contracts.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from recast_mcore.rollout.cpu_bridge import declare_torchvision_ops_in_process
+from recast_mcore.rollout.catalog import ItemCatalog
+
+
+def random_catalog(num_items: int, codes_per_level: list[int], seed: int = 0):
+    """An ``ItemVocab`` with ``num_items`` distinct random code rows (special tokens 0..3, EOS = 2)."""
+    from recast_mcore.data.tokens import ItemVocab
+
+    total = 1
+    for k in codes_per_level:
+        total *= k
+    if num_items > total:
+        raise ValueError(f"{num_items} items do not fit in {total} code combinations")
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randperm(total, generator=g)[:num_items]
+    codes = []
+    for k in reversed(codes_per_level):
+        codes.append(flat % k)
+        flat = flat // k
+    return ItemVocab(torch.stack(codes[::-1], 1), codes_per_level)
+
+
+def make_tiny_llama(out_dir: str | Path, vocab_size: int, *, hidden: int = 64, layers: int = 2, heads: int = 4,
+                    kv_heads: int = 2, init_std: float = 0.2, seed: int = 0):
+    """Save a random ``LlamaForCausalLM`` (fp32) to ``out_dir`` and return the model (eval mode)."""
+    declare_torchvision_ops_in_process()
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=512,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, initializer_range=init_std,
+    )
+    model = LlamaForCausalLM(cfg).float().eval()
+    model.save_pretrained(str(out_dir))
+    return model
+
+
+def perturbed_state_dict(model, scale: float = 0.05, seed: int = 1) -> dict[str, torch.Tensor]:
+    """``{hf_name: w + scale * N(0, 1)}``: stands in for the actor's updated weights."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v + scale * torch.randn(v.shape, generator=g) for k, v in model.state_dict().items()}
+
+
+def hf_logits_fn(model):
+    """``input_ids [B, S] -> logits [B, S, V]`` with the HF model (no attention mask: right padding is safe)."""
+
+    @torch.no_grad()
+    def logits_fn(input_ids: torch.Tensor) -> torch.Tensor:
+        return model(input_ids=input_ids).logits.float()
+
+    return logits_fn
+
+
+@torch.no_grad()
+def constrained_logprobs(model, catalog: ItemCatalog, prompt_ids: list[list[int]], responses: torch.Tensor) -> torch.Tensor:
+    """Reference ``log pi_c(y_t | x, y_<t)`` [N, T] for flat ``responses [N, T]`` (teacher forcing, one row each)."""
+    out = torch.zeros(responses.shape, dtype=torch.float32)
+    for n, (prompt, resp) in enumerate(zip(prompt_ids, responses.tolist())):
+        ids = torch.tensor([list(prompt) + resp[:-1]])
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 :].float()[:, : catalog.vocab_size]  # [T, V]
+        mask = catalog.allowed_mask([resp[:t] for t in range(len(resp))])
+        lp = torch.log_softmax(logits.masked_fill(~mask, float("-inf")), -1)
+        out[n] = lp.gather(1, torch.tensor(resp)[:, None]).squeeze(1)
+    return out
+
+
+@torch.no_grad()
+def exhaustive_scores(model, catalog: ItemCatalog, prompt: list[int]) -> torch.Tensor:
+    """[N] sequence log-probs s(y) of every catalog item for one prompt (the exact ranking)."""
+    responses = catalog.responses_of(torch.arange(catalog.num_items))
+    return constrained_logprobs(model, catalog, [prompt] * catalog.num_items, responses).sum(-1)
