@@ -39,7 +39,9 @@ def test_ppo_dual_clip_bounds_negative_advantage():
     old = torch.zeros(1, 1)
     lp = torch.tensor([[math.log(5.0)]])
     batch = make_batch(old, group_index=[0], advantages=[-1.0])
-    assert compute_policy_loss(lp, batch)[0].item() == pytest.approx(3.0)  # min(max(5, 1.28), 3)
+    loss_sum, _, metrics = compute_policy_loss(lp, batch)
+    assert loss_sum.item() == pytest.approx(3.0)  # min(max(5, 1.28), 3)
+    assert metrics["clipfrac_lower_sum"].item() == 1
     batch.loss_params = PpoLossConfig(dual_clip_c=None)
     assert compute_policy_loss(lp, batch)[0].item() == pytest.approx(5.0)
 

@@ -70,7 +70,7 @@ def ppo_clip_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> LossOutpu
         rho_t   = exp(clamp(lp_t - old_t, -20, 20))
         l1_t    = -A rho_t;   l2_t = -A clip(rho_t, 1 - clip_low, 1 + clip_high)
         pg_t    = max(l1_t, l2_t);  if A < 0 and dual_clip_c: pg_t = min(pg_t, -A dual_clip_c)
-        k3_t    = clamp(exp(ref_t - lp_t) - (ref_t - lp_t) - 1, -kl_clamp, kl_clamp)   (use_kl only)
+        d_t     = clamp(ref_t - lp_t, -20, 20);  k3_t = clamp(exp(d_t) - d_t - 1, -kl_clamp, kl_clamp)  (use_kl only)
         loss_sum = sum_{n,t} mask w (pg_t + kl_coef k3_t);    denom = sum_{n,t} mask
     """
     p: PpoLossConfig = _params(batch, PpoLossConfig)  # type: ignore[assignment]
@@ -81,20 +81,23 @@ def ppo_clip_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> LossOutpu
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high)
     pg = torch.maximum(unclipped, clipped)
+    lower_clipped = torch.zeros_like(mask)
     if p.dual_clip_c is not None:
+        lower_clipped = ((adv < 0) & (pg > -adv * p.dual_clip_c)).to(mask.dtype)
         pg = torch.where(adv < 0, torch.minimum(pg, -adv * p.dual_clip_c), pg)
     per_token = pg
     weight = mask * batch.weights.to(token_logprobs.dtype)[:, None]
     metrics = {
         "pg_loss_sum": (pg * weight).sum().detach(),
         "clipfrac_sum": ((clipped > unclipped).to(mask.dtype) * mask).sum().detach(),
+        "clipfrac_lower_sum": (lower_clipped * mask).sum().detach(),
         "ratio_sum": (ratio * mask).sum().detach(),
         "approx_kl_old_sum": (-log_ratio * mask).sum().detach(),
     }
     if p.use_kl:
         if batch.ref_logprobs is None:
             raise ValueError("ppo_clip with use_kl=True needs batch.ref_logprobs (reference-policy log-probs)")
-        kl = batch.ref_logprobs - token_logprobs
+        kl = torch.clamp(batch.ref_logprobs - token_logprobs, -20.0, 20.0)
         k3 = torch.clamp(torch.exp(kl) - kl - 1.0, -p.kl_clamp, p.kl_clamp)
         per_token = per_token + p.kl_coef * k3
         metrics["kl_ref_sum"] = (k3 * mask).sum().detach()
