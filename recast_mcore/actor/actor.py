@@ -1,0 +1,302 @@
+"""MegatronActor: the policy the trainer drives (SFT steps, constrained log-probs, policy updates, checkpoints).
+
+Construct it on EVERY rank after ``initialize_distributed(parallel_cfg)``; every public method is a
+collective (all ranks call it with the same arguments). Inputs are replicated on all ranks; each rank
+computes its data-parallel share (see actor/microbatch.py) and results are returned on all ranks
+(``full_state_dict`` only on global rank 0).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from recast_mcore.actor import checkpointing
+from recast_mcore.actor.forward_backward import MicroBatch, causal_mask, run_micro_batches
+from recast_mcore.actor.instrument import UpdateTimer, update_metrics
+from recast_mcore.actor.microbatch import micro_batch_rows, pack_rows, plan_rows, plan_update, step_seq_len
+from recast_mcore.actor.model import build_model_chunks
+from recast_mcore.actor.state_dict import gather_full, load_full
+from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
+from recast_mcore.data.trie import ItemTrie
+from recast_mcore.signal.batch import Role, UpdateBatch
+
+PAD_ID = 0
+
+
+class MegatronActor:
+    """Megatron-Core policy with Megatron's optimizer, LR schedule and dist checkpoints."""
+
+    def __init__(
+        self, model_cfg: ModelConfig, parallel_cfg: ParallelConfig, optim_cfg: OptimConfig, vocab_size: int, trie: ItemTrie
+    ) -> None:
+        if not parallel_state.model_parallel_is_initialized():
+            raise RuntimeError("call recast_mcore.actor.initialize_distributed(parallel_cfg) before MegatronActor(...)")
+        if trie.vocab_size != vocab_size:
+            raise ValueError(f"trie vocab_size {trie.vocab_size} != actor vocab_size {vocab_size}")
+        self.model_cfg, self.parallel_cfg, self.optim_cfg = model_cfg, parallel_cfg, optim_cfg
+        self.vocab_size, self.trie = vocab_size, trie
+        self.chunks, self.config = build_model_chunks(model_cfg, parallel_cfg, vocab_size)
+        self.model = self._wrap_ddp(self.chunks)
+        self.optimizer = get_megatron_optimizer(self._optimizer_config(), self.model)
+        self.scheduler = self._scheduler()
+        self.config.finalize_model_grads_func = finalize_model_grads
+        self.config.grad_scale_func = self.optimizer.scale_loss
+        no_sync = [m.no_sync for m in self.model]
+        self.config.no_sync_func = no_sync if len(no_sync) > 1 else no_sync[0]
+        self.step_count = 0
+
+    # ------------------------------------------------------------------ construction
+    def _wrap_ddp(self, chunks: list[torch.nn.Module]) -> list[DistributedDataParallel]:
+        ddp_cfg = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=False,
+            use_distributed_optimizer=self.optim_cfg.distributed_optimizer,
+        )
+        return [
+            DistributedDataParallel(self.config, ddp_cfg, module=c, disable_bucketing=i > 0) for i, c in enumerate(chunks)
+        ]
+
+    def _optimizer_config(self) -> OptimizerConfig:
+        o = self.optim_cfg
+        bf16 = self.model_cfg.params_dtype == "bf16"
+        return OptimizerConfig(
+            optimizer="adam",
+            lr=o.lr,
+            min_lr=o.min_lr,
+            weight_decay=o.weight_decay,
+            adam_beta1=o.adam_beta1,
+            adam_beta2=o.adam_beta2,
+            adam_eps=o.adam_eps,
+            clip_grad=o.clip_grad,
+            bf16=bf16,
+            params_dtype=torch.bfloat16 if bf16 else torch.float32,
+            use_distributed_optimizer=o.distributed_optimizer,
+        )
+
+    def _scheduler(self) -> OptimizerParamScheduler:
+        o = self.optim_cfg
+        return OptimizerParamScheduler(
+            self.optimizer,
+            init_lr=0.0 if o.warmup_steps > 0 else o.lr,
+            max_lr=o.lr,
+            min_lr=o.min_lr,
+            lr_warmup_steps=o.warmup_steps,
+            lr_decay_steps=max(o.decay_steps, o.warmup_steps + 1),
+            lr_decay_style=o.decay_style,
+            start_wd=o.weight_decay,
+            end_wd=o.weight_decay,
+            wd_incr_steps=1,
+            wd_incr_style="constant",
+        )
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def dp_size(self) -> int:
+        return parallel_state.get_data_parallel_world_size()
+
+    @property
+    def dp_rank(self) -> int:
+        return parallel_state.get_data_parallel_rank()
+
+    @property
+    def seq_multiple(self) -> int:
+        return self.parallel_cfg.tensor_parallel if self.parallel_cfg.sequence_parallel else 1
+
+    @property
+    def micro_batches_multiple(self) -> int:
+        return self.parallel_cfg.pipeline_parallel if self.parallel_cfg.virtual_pipeline_parallel > 1 else 1
+
+    def _check_responses(self, prompt_ids: list[list[int]], responses: torch.Tensor) -> None:
+        if responses.dim() != 2 or len(prompt_ids) != responses.shape[0]:
+            raise ValueError(f"need N prompts and responses [N, T]; got {len(prompt_ids)} prompts, {tuple(responses.shape)}")
+        longest = max(len(p) for p in prompt_ids) + responses.shape[1]
+        if longest > self.model_cfg.max_seq_len:
+            raise ValueError(f"prompt + response of {longest} tokens > model.max_seq_len={self.model_cfg.max_seq_len}")
+
+    def _row_micro_batches(self, prompt_ids: list[list[int]], responses: torch.Tensor) -> tuple[list[MicroBatch], list[list[int]], int]:
+        """Forward-only / SFT split of independent rows: this DP rank's micro-batches of equal size m
+        (short ones padded with copies of their first row, ``num_real`` marks the real ones)."""
+        s = step_seq_len(prompt_ids, responses.shape[1], self.seq_multiple)
+        m = micro_batch_rows(1, s, self.parallel_cfg.micro_batch_size, self.parallel_cfg.max_tokens_per_micro_batch)
+        m = min(m, -(-len(prompt_ids) // self.dp_size))
+        chunks = plan_rows(len(prompt_ids), self.dp_size, self.dp_rank, m) or [[]]
+        k = -(-len(chunks) // self.micro_batches_multiple) * self.micro_batches_multiple
+        chunks += [[]] * (k - len(chunks))
+        mbs = []
+        for rows in chunks:
+            filled = rows + [rows[0] if rows else 0] * (m - len(rows))
+            packed = pack_rows([prompt_ids[i] for i in filled], responses[filled], s, PAD_ID)
+            mbs.append(MicroBatch(packed, num_real=len(rows)))
+        return mbs, chunks, s
+
+    def _zero_grads(self) -> None:
+        for m in self.model:
+            m.zero_grad_buffer()
+        self.optimizer.zero_grad()
+
+    def _optimizer_step(self) -> dict[str, float]:
+        ok, grad_norm, _ = self.optimizer.step()
+        if not ok:
+            raise RuntimeError("optimizer step was skipped (non-finite gradients)")
+        self.scheduler.step(increment=1)
+        self.step_count += 1
+        return {"grad_norm": float(grad_norm), "lr": float(self.optimizer.param_groups[0]["lr"])}
+
+    def _reduce_metrics(self, stores: list[dict[str, Any]]) -> dict[str, float]:
+        """Sum per-micro-batch metric dicts, all-reduce over DP (last stage), broadcast to all PP stages."""
+        sums: dict[str, float] = {}
+        if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+            keys = sorted(k for k in stores[0] if k != "logprobs")
+            vec = torch.tensor([sum(float(s[k]) for s in stores) for k in keys], dtype=torch.float64)
+            dist.all_reduce(vec, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+            sums = dict(zip(keys, vec.tolist()))
+        box = [sums]
+        if self.parallel_cfg.pipeline_parallel > 1:
+            dist.broadcast_object_list(
+                box, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=parallel_state.get_pipeline_model_parallel_group()
+            )
+        return box[0]
+
+    # ------------------------------------------------------------------ public API
+    def logprobs(self, prompt_ids: list[list[int]], responses: torch.Tensor) -> torch.Tensor:
+        """[N, T] constrained token log-probs of ``responses`` given ``prompt_ids`` (forward only), on all ranks."""
+        self._check_responses(prompt_ids, responses)
+        n, t = responses.shape
+        mbs, chunks, _ = self._row_micro_batches(prompt_ids, responses)
+        for m in self.model:
+            m.eval()
+        with torch.no_grad():
+            stores = run_micro_batches(self.model, mbs, kind="logprobs", trie=self.trie, vocab_size=self.vocab_size, forward_only=True)
+        out = torch.zeros(n, t, dtype=torch.float32)
+        if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+            for rows, store in zip(chunks, stores):
+                if rows:
+                    out[rows] = store["logprobs"][: len(rows)].float()
+        out = out.to(_comm_device())
+        dist.all_reduce(out, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+        if self.parallel_cfg.pipeline_parallel > 1:
+            dist.all_reduce(out, group=parallel_state.get_pipeline_model_parallel_group())
+        return out.cpu()
+
+    def forward_backward_sft(self, prompt_ids: list[list[int]], responses: torch.Tensor) -> dict[str, float]:
+        """Gradients of the SFT loss (no optimizer step); returns summed loss/denom."""
+        self._check_responses(prompt_ids, responses)
+        mbs, _, _ = self._row_micro_batches(prompt_ids, responses)
+        for m in self.model:
+            m.train()
+        self._zero_grads()
+        stores = run_micro_batches(self.model, mbs, kind="sft", trie=self.trie, vocab_size=self.vocab_size, forward_only=False)
+        return self._reduce_metrics(stores)
+
+    def sft_step(self, prompt_ids: list[list[int]], responses: torch.Tensor) -> dict[str, float]:
+        """One optimizer step of next-item cross-entropy on the response tokens. Returns metrics on all ranks."""
+        with UpdateTimer() as timer:
+            sums = self.forward_backward_sft(prompt_ids, responses)
+            metrics = self._optimizer_step()
+        tokens = sum(len(p) for p in prompt_ids) + responses.numel()
+        metrics["loss"] = sums["loss_sum"] / max(sums["denom"], 1.0)
+        metrics["response_tokens"] = sums["denom"]
+        metrics.update(self._instrument(timer, len(prompt_ids), tokens, prompt_ids, responses.shape[1]))
+        return metrics
+
+    def forward_backward_policy(self, batch: UpdateBatch) -> tuple[dict[str, float], int]:
+        """Gradients of ``batch``'s policy loss (no optimizer step): (summed metrics, rows computed here)."""
+        batch.validate()
+        self._check_responses(batch.prompt_ids, batch.responses)
+        plan = plan_update(
+            batch,
+            self.dp_size,
+            self.dp_rank,
+            micro_batch_size=self.parallel_cfg.micro_batch_size,
+            max_tokens_per_micro_batch=self.parallel_cfg.max_tokens_per_micro_batch,
+            seq_multiple=self.seq_multiple,
+            num_micro_batches_multiple=self.micro_batches_multiple,
+        )
+        mbs = [
+            MicroBatch(pack_rows(mb.prompt_ids, mb.responses, plan.seq_len, PAD_ID), policy_batch=mb) for mb in plan.micro_batches
+        ]
+        for m in self.model:
+            m.train()
+        self._zero_grads()
+        stores = run_micro_batches(self.model, mbs, kind="policy", trie=self.trie, vocab_size=self.vocab_size, forward_only=False)
+        sums = self._reduce_metrics(stores)
+        if sums["denom"] <= 0:
+            raise RuntimeError(f"policy loss '{batch.loss_name}' has sum(denom)=0 over the step: nothing to train on")
+        sums["micro_batches"] = float(len(mbs))
+        sums["micro_batch_rows"] = float(plan.rows)
+        return sums, len(mbs) * plan.rows
+
+    def update(self, batch: UpdateBatch) -> dict[str, float]:
+        """Forward + backward + optimizer step on an UpdateBatch of any size; metrics on all ranks.
+
+        ``loss = sum(loss_sum) / sum(denom)`` over the step; ``*_sum`` metrics of the loss are also
+        reported as ``*_mean`` (divided by ``sum(denom)``).
+        """
+        with UpdateTimer() as timer:
+            sums, _ = self.forward_backward_policy(batch)
+            metrics = self._optimizer_step()
+        denom = sums["denom"]
+        metrics["loss"] = sums["loss_sum"] / denom
+        for key, value in sums.items():
+            metrics[key] = value
+            if key.endswith("_sum") and key != "loss_sum":
+                metrics[key[:-4] + "_mean"] = value / denom
+        real = batch.roles != Role.PAD
+        tokens = sum(len(p) for p, r in zip(batch.prompt_ids, real.tolist()) if r) + int(real.sum()) * batch.response_len
+        metrics.update(self._instrument(timer, int(real.sum()), tokens, batch.prompt_ids, batch.response_len))
+        return metrics
+
+    def _instrument(self, timer: UpdateTimer, sequences: int, tokens: int, prompt_ids: list[list[int]], t: int) -> dict[str, float]:
+        s = step_seq_len(prompt_ids, t)
+        return update_metrics(
+            timer, self.model_cfg, sequences=sequences, tokens=tokens, seq_len=s, vocab_size=self.vocab_size,
+            world_size=dist.get_world_size(),
+        )
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full TP/PP-gathered Megatron state dict (fp32, CPU) on global rank 0, None elsewhere. Collective."""
+        return gather_full(self.chunks, self.model_cfg.tie_embeddings)
+
+    def full_grads(self) -> dict[str, torch.Tensor] | None:
+        """Full gathered gradients (``main_grad`` after finalize) on rank 0, for tests and debugging. Collective."""
+        return gather_full(self.chunks, self.model_cfg.tie_embeddings, value_of=lambda p: p.main_grad)
+
+    def load_full_state_dict(self, full: dict[str, torch.Tensor]) -> None:
+        """Load weights from a full Megatron state dict (every rank passes the same dict); refreshes the
+        optimizer's fp32 main params."""
+        load_full(self.chunks, self.model_cfg.tie_embeddings, full)
+        self.optimizer.reload_model_params()
+
+    def logits_fn(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[b, s] token ids -> [b, s, V] fp32 logits (real vocabulary), no grad. World size 1 only
+        (for an in-process rollout engine sharing this process)."""
+        if dist.get_world_size() != 1:
+            raise RuntimeError(f"logits_fn needs world size 1 (got {dist.get_world_size()}); use the SGLang engine")
+        chunk = self.chunks[0]
+        device = next(chunk.parameters()).device
+        b, s = tokens.shape
+        chunk.eval()
+        with torch.no_grad():
+            pos = torch.arange(s, device=device).expand(b, s)
+            logits = chunk(tokens.to(device), pos, causal_mask(s, device))
+        return logits[..., : self.vocab_size].float()
+
+    def save(self, directory: str | Path, trainer_state: dict[str, Any]) -> Path:
+        """Atomic dist checkpoint (model, optimizer, scheduler, RNG, trainer state) at ``directory``."""
+        return checkpointing.save(self, Path(directory), trainer_state)
+
+    def load(self, directory: str | Path, *, load_optimizer: bool = True) -> dict[str, Any]:
+        """Load a checkpoint (``directory`` itself, or the one its ``latest`` file names); returns trainer_state."""
+        return checkpointing.load(self, Path(directory), load_optimizer=load_optimizer)
+
+
+def _comm_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")

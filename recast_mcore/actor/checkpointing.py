@@ -1,0 +1,159 @@
+"""Actor checkpoints with Megatron ``dist_checkpointing`` (reshardable across TP/PP), saved atomically.
+
+Layout of a checkpoint directory ``D`` (e.g. ``<run>/checkpoints/rl_step_000010``)::
+
+    D/                 dist_checkpointing files: model (+ optimizer) sharded tensors, common state
+                       (scheduler state_dict, trainer_state, saved layout)
+    D/rng/rank_<r>.pt  torch CPU (and CUDA) RNG state of global rank r (restored only at the same layout)
+    D/actor_meta.json  layout and model config, written last (a directory without it is incomplete)
+    <parent>/latest    text: the name of the last complete checkpoint (same format as trainer/checkpoints.py)
+
+Atomic save: everything is written to ``<parent>/.<name>.tmp``; after all ranks finished, rank 0 renames it
+to ``D`` (an existing ``D`` is moved aside first and deleted after) and rewrites ``latest`` via tmp+rename.
+A crash before the rename leaves the previous checkpoint and ``latest`` untouched.
+
+Resharding: model tensors are stored by global key, so a checkpoint loads at another TP/PP size. The
+non-distributed optimizer's state reshards the same way; the DistributedOptimizer uses the
+``dp_reshardable`` format, which only loads at the saved layout (loading it elsewhere raises unless
+``load_optimizer=False``). RNG states are restored only at the saved layout (the trainer derives its
+randomness from (seed, stage, step), and the model has no dropout).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing, parallel_state
+
+if TYPE_CHECKING:
+    from recast_mcore.actor.actor import MegatronActor
+
+META = "actor_meta.json"
+LATEST = "latest"
+
+
+def _layout() -> dict[str, int]:
+    return {
+        "tensor_parallel": parallel_state.get_tensor_model_parallel_world_size(),
+        "pipeline_parallel": parallel_state.get_pipeline_model_parallel_world_size(),
+        "data_parallel": parallel_state.get_data_parallel_world_size(),
+        "world_size": dist.get_world_size(),
+    }
+
+
+def _model_sharded(actor: "MegatronActor") -> dict[str, Any]:
+    if len(actor.chunks) == 1:
+        return {"model": actor.chunks[0].sharded_state_dict()}
+    out = {}
+    for i, chunk in enumerate(actor.chunks):
+        parallel_state.set_virtual_pipeline_model_parallel_rank(i)
+        out[f"model{i}"] = chunk.sharded_state_dict()
+    parallel_state.set_virtual_pipeline_model_parallel_rank(0)
+    return out
+
+
+def _optimizer_metadata(actor: "MegatronActor") -> dict[str, str] | None:
+    return {"distrib_optim_sharding_type": "dp_reshardable"} if actor.optim_cfg.distributed_optimizer else None
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any]) -> Path:
+    """Save (collective); see module doc."""
+    directory = directory.resolve()
+    tmp = directory.parent / f".{directory.name}.tmp"
+    if dist.get_rank() == 0:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        (tmp / "rng").mkdir(parents=True)
+    dist.barrier()
+    sharded = _model_sharded(actor)
+    sharded["optimizer"] = actor.optimizer.sharded_state_dict(sharded, metadata=_optimizer_metadata(actor))
+    sharded["scheduler"] = actor.scheduler.state_dict()
+    sharded["trainer_state"] = dict(trainer_state)
+    sharded["layout"] = _layout()
+    dist_checkpointing.save(sharded, str(tmp))
+    torch.save(_rng_state(), tmp / "rng" / f"rank_{dist.get_rank()}.pt")
+    dist.barrier()
+    if dist.get_rank() == 0:
+        meta = {"layout": _layout(), "model": vars(actor.model_cfg), "vocab_size": actor.vocab_size,
+                "distributed_optimizer": actor.optim_cfg.distributed_optimizer, "step_count": actor.step_count}
+        (tmp / META).write_text(json.dumps(meta, indent=2))
+        old = directory.parent / f".{directory.name}.old"
+        if directory.exists():
+            directory.rename(old)
+        tmp.rename(directory)
+        if old.exists():
+            shutil.rmtree(old)
+        pointer = directory.parent / (LATEST + ".tmp")
+        pointer.write_text(directory.name + "\n")
+        pointer.replace(directory.parent / LATEST)
+    dist.barrier()
+    return directory
+
+
+def resolve(directory: Path) -> Path:
+    """A complete checkpoint dir: ``directory`` itself, or the one named by ``directory/latest``."""
+    if (directory / META).is_file():
+        return directory
+    pointer = directory / LATEST
+    if pointer.is_file():
+        target = directory / pointer.read_text().strip()
+        if (target / META).is_file():
+            return target
+        raise FileNotFoundError(f"{pointer} names {target}, which is not a complete actor checkpoint (no {META})")
+    raise FileNotFoundError(f"{directory} is not an actor checkpoint (no {META}) and has no '{LATEST}' pointer")
+
+
+def load(actor: "MegatronActor", directory: Path, *, load_optimizer: bool) -> dict[str, Any]:
+    """Load (collective); returns the saved trainer_state. See module doc for resharding rules."""
+    ckpt = resolve(directory)
+    meta = json.loads((ckpt / META).read_text())
+    if meta["vocab_size"] != actor.vocab_size:
+        raise ValueError(f"checkpoint {ckpt} has vocab_size {meta['vocab_size']}, actor has {actor.vocab_size}")
+    for key in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "qk_layernorm", "tie_embeddings"):
+        if meta["model"][key] != getattr(actor.model_cfg, key):
+            raise ValueError(f"checkpoint {ckpt} has model.{key}={meta['model'][key]}, actor has {getattr(actor.model_cfg, key)}")
+    same_layout = meta["layout"] == _layout()
+    if load_optimizer and meta["distributed_optimizer"] and not same_layout:
+        raise ValueError(
+            f"checkpoint {ckpt} has DistributedOptimizer state saved at layout {meta['layout']}, now {_layout()}: "
+            "it only loads at the same layout; pass load_optimizer=False to load the model only"
+        )
+    if load_optimizer and meta["distributed_optimizer"] != actor.optim_cfg.distributed_optimizer:
+        raise ValueError("checkpoint and actor disagree on optim.distributed_optimizer; pass load_optimizer=False")
+    sharded = _model_sharded(actor)
+    if load_optimizer:
+        sharded["optimizer"] = actor.optimizer.sharded_state_dict(sharded, is_loading=True, metadata=_optimizer_metadata(actor))
+    common = dist_checkpointing.load_common_state_dict(str(ckpt))
+    state = dist_checkpointing.load(sharded, str(ckpt))
+    if len(actor.chunks) == 1:
+        actor.chunks[0].load_state_dict(state["model"])
+    else:
+        for i, chunk in enumerate(actor.chunks):
+            chunk.load_state_dict(state[f"model{i}"])
+    if load_optimizer:
+        with torch.no_grad():
+            actor.optimizer.load_state_dict(state["optimizer"])
+        actor.scheduler.load_state_dict(common["scheduler"])
+    else:
+        actor.optimizer.reload_model_params()
+    if same_layout:
+        rng = torch.load(ckpt / "rng" / f"rank_{dist.get_rank()}.pt", weights_only=False)
+        torch.set_rng_state(rng["cpu"])
+        if torch.cuda.is_available() and "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"])
+    actor.step_count = meta["step_count"]
+    dist.barrier()
+    return dict(common["trainer_state"])

@@ -1,0 +1,152 @@
+"""THE forward-step / loss contract of the actor: every forward and backward goes through here.
+
+Megatron's ``get_forward_backward_func()`` runs the pipeline schedule (no pipelining, 1F1B, or
+interleaved 1F1B with virtual stages). It calls ``forward_step(data_iterator, model)`` once per
+micro-batch on every stage; the function returns ``(output_tensor, loss_func)``. On the last stage the
+schedule calls ``loss_func(output_tensor) -> (loss_sum, denom, metrics)`` (the 3-tuple form: with
+``calculate_per_token_loss=True`` the schedule neither averages over micro-batches nor divides by
+``denom``; ``finalize_model_grads`` scales gradients by ``1 / sum(denom)`` summed over micro-batches and
+data-parallel ranks). ``denom`` must be an integer count (tokens or pairs).
+
+Logits: the model is built with ``parallel_output=False``, so the output layer all-gathers the
+vocab-parallel logits over TP and every TP rank holds the full ``[b, S, Vp]`` logits (the backward of
+that gather keeps gradients exact). We chose gathering over a vocab-parallel masked log-softmax because
+item vocabularies are small (hundreds to a few thousand tokens); for an LLM vocabulary this costs
+``b*S*Vp`` floats per TP rank.
+
+Three losses (``kind``):
+
+(a) ``"sft"`` - next-item cross-entropy on the response tokens, over the real vocabulary ``[0, V)``:
+    ``loss_sum = sum_{i,t} -log softmax(z_{i,t})[y_{i,t}]``, ``denom = number of response tokens``.
+(b) ``"logprobs"`` - forward only: the CONSTRAINED token log-probs (renormalized over the item-trie's
+    allowed set ``A_t = ItemTrie.response_mask(responses)[:, t]``, exactly what the rollout samples from):
+    ``log pi_c(y_t) = z_{y_t} - logsumexp_{v in A_t} z_v``, returned as ``[b, T]`` (sequence log-prob
+    = row sum). Loss is a zero placeholder.
+(c) ``"policy"`` - the signal stage's registered loss (``recast_mcore.signal.losses``) applied to the
+    constrained log-probs of (b) with gradient: ``(loss_sum, denom, metrics) = loss_fn(lp [b, T], mb)``.
+
+Logit positions: row i = prompt (p_i tokens) + response (T) + right padding; the logits predicting
+response token t are at position ``p_i + t - 1`` (see actor/microbatch.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from megatron.core.pipeline_parallel import get_forward_backward_func
+
+from recast_mcore.actor.microbatch import PackedRows
+from recast_mcore.data.trie import ItemTrie
+from recast_mcore.signal.batch import UpdateBatch
+from recast_mcore.signal.losses import compute_policy_loss
+
+LossKind = Literal["sft", "logprobs", "policy"]
+
+
+@dataclass
+class MicroBatch:
+    """One micro-batch: model inputs plus what its loss needs."""
+
+    rows: PackedRows
+    """Tokens/positions [b, S] and response positions/tokens [b, T]."""
+    policy_batch: UpdateBatch | None = None
+    """The UpdateBatch rows of this micro-batch (kind "policy" only)."""
+    num_real: int = -1
+    """Rows that are not padding (kinds "sft"/"logprobs": the first num_real rows; -1 = all)."""
+
+
+def causal_mask(seq_len: int, device: torch.device | str) -> torch.Tensor:
+    """[1, 1, S, S] bool, True = masked (future positions). Passed explicitly to every forward."""
+    return torch.triu(torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device), diagonal=1)
+
+
+def response_logits(logits: torch.Tensor, response_positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[b, S, Vp] model logits -> [b, T, V] fp32 logits predicting each response token."""
+    b, t = response_positions.shape
+    idx = response_positions.to(logits.device)[:, :, None].expand(b, t, logits.shape[-1])
+    return torch.gather(logits, 1, idx)[..., :vocab_size].float()
+
+
+def constrained_logprobs(z: torch.Tensor, responses: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """``z_{y_t} - logsumexp_{v in allowed_t} z_v``.  z [b, T, V] fp32, responses [b, T], allowed [b, T, V] bool -> [b, T].
+
+    A response token outside its allowed set raises (the policy gives it probability 0).
+    """
+    y = responses.to(z.device)[..., None]
+    if not bool(torch.gather(allowed, 2, y).all()):
+        raise ValueError("a response token is not allowed by the item trie at its position")
+    masked = z.masked_fill(~allowed, float("-inf"))
+    return torch.gather(z, 2, y).squeeze(-1) - torch.logsumexp(masked, dim=-1)
+
+
+def sft_loss_sums(z: torch.Tensor, responses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unconstrained next-token CE summed over response tokens: (sum_{i,t} -log softmax(z)[y], count)."""
+    nll = torch.nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), responses.reshape(-1).to(z.device), reduction="sum")
+    return nll, torch.tensor(responses.numel(), dtype=torch.int)
+
+
+def _loss_func(mb: MicroBatch, kind: LossKind, trie: ItemTrie, vocab_size: int, output: torch.Tensor):
+    """The last stage's loss for one micro-batch (see module doc): -> (loss_sum, denom int, metrics)."""
+    rows = mb.rows
+    z = response_logits(output, rows.response_positions, vocab_size)
+    n_real = rows.responses.shape[0] if mb.num_real < 0 else mb.num_real
+    if kind == "sft":
+        z_real = z[:n_real]
+        loss_sum, denom = sft_loss_sums(z_real, rows.responses[:n_real])
+        loss_sum = loss_sum + 0.0 * z.sum()  # padded rows stay in the graph with zero gradient
+        return loss_sum, denom, {"loss_sum": loss_sum.detach().clone(), "denom": denom.clone()}
+    allowed = trie.response_mask(rows.responses).to(z.device)[..., :vocab_size]
+    lp = constrained_logprobs(z, rows.responses, allowed)
+    if kind == "logprobs":
+        zero = lp.sum() * 0.0
+        return zero, torch.tensor(1, dtype=torch.int), {"logprobs": lp.detach()[:n_real].cpu()}
+    loss_sum, denom, metrics = compute_policy_loss(lp, mb.policy_batch.to(lp.device))
+    denom_f = float(denom)
+    if denom_f != round(denom_f) or denom_f < 0:
+        raise ValueError(f"policy loss '{mb.policy_batch.loss_name}' returned a non-integer denom {denom_f}")
+    denom_i = torch.tensor(int(round(denom_f)), dtype=torch.int)
+    out = {k: v.detach().float().cpu() for k, v in metrics.items()}
+    out.update(loss_sum=loss_sum.detach().float().cpu(), denom=denom_i.clone(), logprobs=lp.detach().cpu())
+    return loss_sum, denom_i, out
+
+
+def _forward_step(kind: LossKind, trie: ItemTrie, vocab_size: int, data_iterator, model):
+    """Megatron forward_step_func: run the chunk on the next micro-batch; return (output, loss_func)."""
+    mb: MicroBatch = next(data_iterator)
+    device = next(model.parameters()).device
+    rows = mb.rows
+    output = model(
+        rows.tokens.to(device), rows.position_ids.to(device), causal_mask(rows.tokens.shape[1], device)
+    )
+    return output, partial(_loss_func, mb, kind, trie, vocab_size)
+
+
+def run_micro_batches(
+    model_chunks: list[torch.nn.Module],
+    micro_batches: list[MicroBatch],
+    *,
+    kind: LossKind,
+    trie: ItemTrie,
+    vocab_size: int,
+    forward_only: bool,
+) -> list[dict[str, Any]]:
+    """Run all micro-batches through the pipeline schedule; returns the per-micro-batch metric dicts
+    (non-empty on the last pipeline stage only). All micro-batches must have the same [b, S]."""
+    b, s = micro_batches[0].rows.tokens.shape
+    for mb in micro_batches:
+        if tuple(mb.rows.tokens.shape) != (b, s):
+            raise ValueError(f"micro-batch shape {tuple(mb.rows.tokens.shape)} != {(b, s)} (the schedule needs equal shapes)")
+    step = partial(_forward_step, kind, trie, vocab_size)
+    iters = [iter(micro_batches) for _ in model_chunks]
+    return get_forward_backward_func()(
+        forward_step_func=step,
+        data_iterator=iters if len(model_chunks) > 1 else iters[0],
+        model=model_chunks if len(model_chunks) > 1 else model_chunks[0],
+        num_microbatches=len(micro_batches),
+        seq_length=s,
+        micro_batch_size=b,
+        forward_only=forward_only,
+    )

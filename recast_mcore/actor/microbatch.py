@@ -1,0 +1,181 @@
+"""How a step's sequences become micro-batches (pure torch; documented ONCE here).
+
+Sequence packing (``pack_rows``), right padding::
+
+    row i = prompt_i (p_i tokens) + response_i (T tokens) + <pad> ... up to S tokens
+    position_ids = 0..S-1 for every row; causal attention (pads sit after the real tokens, so they never
+    influence them). The response token t of row i is predicted by the logits at position p_i + t - 1.
+
+``S`` is the step's longest ``p_i + T`` (every micro-batch of a step has the same S: pipeline-parallel
+p2p buffers have a fixed shape), rounded up to ``seq_multiple`` (TP size with sequence parallelism).
+
+Update plan (``plan_update``), for an UpdateBatch of N rows in groups (rows of one prompt):
+
+1. Data parallel: ``batch.group_partition(dp)`` gives each DP rank whole groups (~N/dp rows each).
+2. Micro-batch size M (rows): ``micro_batch_size`` if set, else ``min(max_tokens_per_micro_batch // S,
+   largest DP share)``; never below the largest group (a group is never split).
+3. On each DP rank its groups are packed greedily, in order, into micro-batches of <= M rows.
+4. Padding: every micro-batch is padded to exactly M rows with PAD rows, and every DP rank to the same
+   number K of micro-batches (the max over ranks; a multiple of PP with the interleaved schedule) with
+   all-PAD micro-batches. PAD rows carry zero weight, no counted tokens and no pairs, so the policy loss
+   gives them exactly zero ``loss_sum`` and ``denom``; their tokens are a copy of a real row so the
+   trie mask is defined.
+5. Loss normalization (Megatron ``calculate_per_token_loss=True``): each micro-batch returns
+   ``(loss_sum, denom)``; the schedule sums them over micro-batches, ``finalize_model_grads`` all-reduces
+   ``sum(denom)`` over DP and scales every gradient by ``1 / sum(denom)``. So the step's gradient is the
+   gradient of ``sum(loss_sum) / sum(denom)`` over the whole step, independent of how rows were split.
+
+Every rank receives the same full UpdateBatch and computes the same plan (no communication).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from recast_mcore.signal.batch import Role, UpdateBatch
+
+
+@dataclass
+class PackedRows:
+    """A micro-batch's model inputs."""
+
+    tokens: torch.Tensor
+    """[b, S] int64: prompt + response, right-padded with pad_id."""
+    position_ids: torch.Tensor
+    """[b, S] int64: 0..S-1."""
+    response_positions: torch.Tensor
+    """[b, T] int64: position of the logits that predict response token t (p_i + t - 1)."""
+    responses: torch.Tensor
+    """[b, T] int64: the response tokens."""
+
+
+def step_seq_len(prompt_ids: list[list[int]], response_len: int, seq_multiple: int = 1) -> int:
+    """S = max_i (p_i + T), rounded up to ``seq_multiple``."""
+    if not prompt_ids:
+        raise ValueError("step_seq_len: no rows")
+    if min(len(p) for p in prompt_ids) < 1:
+        raise ValueError("every prompt needs at least one token (<bos>)")
+    s = max(len(p) for p in prompt_ids) + response_len
+    return -(-s // seq_multiple) * seq_multiple
+
+
+def pack_rows(prompt_ids: list[list[int]], responses: torch.Tensor, seq_len: int, pad_id: int) -> PackedRows:
+    """Right-padded [b, S] tokens for ``b`` rows (see module doc)."""
+    b, t = responses.shape
+    if len(prompt_ids) != b:
+        raise ValueError(f"pack_rows: {len(prompt_ids)} prompts for {b} responses")
+    tokens = torch.full((b, seq_len), pad_id, dtype=torch.long)
+    starts = torch.empty(b, dtype=torch.long)
+    for i, prompt in enumerate(prompt_ids):
+        p = len(prompt)
+        if p + t > seq_len:
+            raise ValueError(f"row {i}: prompt {p} + response {t} tokens > sequence length {seq_len}")
+        tokens[i, :p] = torch.as_tensor(prompt, dtype=torch.long)
+        tokens[i, p : p + t] = responses[i]
+        starts[i] = p
+    response_positions = starts[:, None] - 1 + torch.arange(t)[None, :]
+    position_ids = torch.arange(seq_len).expand(b, seq_len).contiguous()
+    return PackedRows(tokens, position_ids, response_positions, responses.long())
+
+
+def micro_batch_rows(max_group: int, seq_len: int, micro_batch_size: int, max_tokens: int) -> int:
+    """M: configured size, or the token budget divided by S; never below the largest group."""
+    m = micro_batch_size if micro_batch_size > 0 else max(1, max_tokens // seq_len)
+    return max(m, max_group, 1)
+
+
+def _group_ranges(group_index: torch.Tensor) -> list[tuple[int, int]]:
+    gi = group_index.tolist()
+    out, start = [], 0
+    for i in range(1, len(gi) + 1):
+        if i == len(gi) or gi[i] != gi[start] or gi[start] < 0:
+            out.append((start, i))
+            start = i
+    return out
+
+
+def pack_groups(rows: list[int], group_index: torch.Tensor, m: int) -> list[list[int]]:
+    """Greedy in-order packing of whole groups (given as the row list ``rows``) into lists of <= m rows."""
+    sub = group_index[torch.as_tensor(rows, dtype=torch.long)] if rows else group_index[:0]
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for start, end in _group_ranges(sub):
+        group = rows[start:end]
+        if len(group) > m:
+            raise ValueError(f"a group of {len(group)} rows does not fit a micro-batch of {m} rows")
+        if len(current) + len(group) > m:
+            chunks.append(current)
+            current = []
+        current = current + group
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+@dataclass
+class UpdatePlan:
+    """This DP rank's micro-batches: K UpdateBatches of exactly M rows each (PAD rows included)."""
+
+    micro_batches: list[UpdateBatch]
+    rows: int
+    """M."""
+    seq_len: int
+    """S."""
+    real_rows_per_dp_rank: list[int]
+    """Number of non-PAD rows each DP rank trains on (for logging the balance)."""
+
+
+def _pad_micro_batch(mb: UpdateBatch, m: int, donor_prompt: list[int], donor_response: torch.Tensor) -> UpdateBatch:
+    """Pad to m rows; PAD rows get a real row's prompt/response (the donor) so the trie mask is defined."""
+    n = mb.num_sequences
+    padded = mb.pad_to(m)
+    if n == m:
+        return padded
+    responses = padded.responses.clone()
+    responses[n:] = donor_response
+    prompts = padded.prompt_ids[:n] + [list(donor_prompt) for _ in range(m - n)]
+    padded.responses, padded.prompt_ids = responses, prompts
+    return padded
+
+
+def plan_update(
+    batch: UpdateBatch,
+    dp_size: int,
+    dp_rank: int,
+    *,
+    micro_batch_size: int,
+    max_tokens_per_micro_batch: int,
+    seq_multiple: int = 1,
+    num_micro_batches_multiple: int = 1,
+) -> UpdatePlan:
+    """Split ``batch`` for this DP rank into equal-size micro-batches of whole groups (see module doc)."""
+    n = batch.num_sequences
+    real = batch.roles != Role.PAD
+    if n == 0 or not bool(real.any()):
+        raise ValueError("plan_update: the UpdateBatch has no real rows")
+    seq_len = step_seq_len(batch.prompt_ids, batch.response_len, seq_multiple)
+    groups = _group_ranges(batch.group_index)
+    parts = batch.group_partition(dp_size)
+    budget = micro_batch_rows(1, seq_len, micro_batch_size, max_tokens_per_micro_batch)
+    if micro_batch_size <= 0:  # no fixed size: never pad beyond the largest DP share
+        budget = min(budget, max(len(p) for p in parts))
+    m = max(budget, max(e - s for s, e in groups))
+    per_rank = [pack_groups(p.tolist(), batch.group_index, m) for p in parts]
+    k = max(1, max(len(c) for c in per_rank))
+    k = -(-k // num_micro_batches_multiple) * num_micro_batches_multiple
+    first = int(torch.nonzero(real)[0])
+    donor = (batch.prompt_ids[first], batch.responses[first])
+    mine = per_rank[dp_rank]
+    micro = [_pad_micro_batch(batch.select(rows), m, *donor) for rows in mine]
+    empty = _pad_micro_batch(batch.select([]), m, *donor)
+    micro += [empty] * (k - len(micro))
+    return UpdatePlan(micro, m, seq_len, [int(real[p].sum()) for p in parts])
+
+
+def plan_rows(n: int, dp_size: int, dp_rank: int, m: int) -> list[list[int]]:
+    """Forward-only split of N independent rows: contiguous DP shards, then chunks of m (last may be short)."""
+    per = -(-n // dp_size)
+    mine = list(range(min(n, dp_rank * per), min(n, (dp_rank + 1) * per)))
+    return [mine[i : i + m] for i in range(0, len(mine), m)]
