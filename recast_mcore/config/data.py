@@ -20,8 +20,12 @@ class SyntheticConfig:
     """Mean interactions per user (before k-core)."""
     popularity_alpha: float = 1.1
     """Zipf exponent of item popularity inside a cluster."""
-    transition_prob: float = 0.5
+    transition_prob: float = 0.15
     """Probability that the next item follows the sequential transition of the previous one."""
+    num_successors: int = 10
+    """Candidate successor items per item (Zipf-weighted) for the sequential transitions."""
+    noise_prob: float = 0.1
+    """Probability that a non-transition step picks a uniformly random item."""
     seed: int = 1234
     """Seed: the same seed gives byte-identical data."""
 
@@ -32,12 +36,16 @@ class SemanticIdConfig:
 
     levels: int = 3
     """Number of residual-quantization levels L."""
-    codes_per_level: int = 16
+    codes_per_level: int = 32
     """Codebook size K at every level."""
+    normalize_residuals: bool = True
+    """Scale every item's residual to unit length before each level's k-means (fewer collisions)."""
     embedding: Literal["cooccurrence_svd", "features"] = "cooccurrence_svd"
     """Where item embeddings come from: SVD of the TRAINING co-occurrence PMI matrix, or given features."""
     embedding_dim: int = 32
-    """Dimension of the item embeddings fed to RQ-KMeans."""
+    """Dimension of the SVD item embeddings fed to RQ-KMeans (given features keep their own width)."""
+    cooccurrence_window: int = 5
+    """Two training items of one user co-occur when at most this many positions apart."""
     kmeans_iters: int = 30
     """Lloyd iterations per level."""
     seed: int = 0
@@ -62,7 +70,27 @@ class DataConfig:
     """Size of the target set: the next k items count as hits (OpenOneRec uses up to 10)."""
     skip_malformed: bool = False
     """Count and skip malformed rows instead of failing with file and line."""
+    min_rating: float | None = None
+    """Keep only interactions with rating >= this (None keeps all; needs a format with ratings)."""
+    dedup_interactions: bool = True
+    """Keep only the earliest interaction of each (user, item) pair."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Synthetic generator settings."""
     semantic_ids: SemanticIdConfig = field(default_factory=SemanticIdConfig)
     """Semantic-ID settings."""
+
+    def validate(self) -> None:
+        """Range checks that the types cannot express (called by the strict loader)."""
+        if self.kcore < 1:
+            raise ValueError(f"kcore must be >= 1, got {self.kcore}")
+        if self.max_history < 1:
+            raise ValueError(f"max_history must be >= 1, got {self.max_history}")
+        if self.target_set_size < 1:
+            raise ValueError(f"target_set_size must be >= 1, got {self.target_set_size}")
+        sid = self.semantic_ids
+        if sid.levels < 1 or sid.codes_per_level < 2 or sid.embedding_dim < 1 or sid.kmeans_iters < 1:
+            raise ValueError(
+                "semantic_ids needs levels >= 1, codes_per_level >= 2, embedding_dim >= 1, kmeans_iters >= 1"
+            )
+        if sid.levels >= 25:
+            raise ValueError(f"semantic_ids.levels must be < 25 (token letters a..y), got {sid.levels}")
