@@ -1,16 +1,21 @@
 """Bad input stops early with a message that says what to fix (pure checks, no processes)."""
 
+import json
+
 import pytest
 
 from recast_mcore.config.actor import ModelConfig, ParallelConfig
+from recast_mcore.config.base import to_dict
+from recast_mcore.config.rollout import RolloutConfig
 from recast_mcore.trainer.checks import (
     SetupError,
     check_checkpoint_matches,
     check_parallel_layout,
     check_prepared_dataset,
-    write_model_meta,
+    check_rollout_layout,
+    check_stage_inits,
 )
-from recast_mcore.trainer.data_feed import EpochSampler, sft_examples
+from recast_mcore.trainer.data_feed import EpochSampler
 
 
 def test_missing_dataset_names_the_fix(tmp_path):
@@ -19,7 +24,7 @@ def test_missing_dataset_names_the_fix(tmp_path):
     with pytest.raises(SetupError, match="data.prepared_dir is empty"):
         check_prepared_dataset("")
     (tmp_path / "half").mkdir()
-    with pytest.raises(SetupError, match="missing meta.json"):
+    with pytest.raises(SetupError, match="missing meta.json, config.yaml"):
         check_prepared_dataset(str(tmp_path / "half"))
 
 
@@ -33,27 +38,29 @@ def test_parallel_layout_must_divide_world_size():
     assert check_parallel_layout(ParallelConfig(tensor_parallel=2), 8, num_layers=4, num_heads=4) == 4
 
 
+def _fake_actor_meta(path, model_cfg, vocab_size):
+    (path / "actor_meta.json").write_text(json.dumps({"model": to_dict(model_cfg), "vocab_size": vocab_size}))
+
+
 def test_checkpoint_model_mismatch_lists_fields(tmp_path):
-    write_model_meta(tmp_path, ModelConfig(hidden_size=64), vocab_size=52)
-    check_checkpoint_matches(tmp_path, ModelConfig(hidden_size=64), 52)
+    _fake_actor_meta(tmp_path, ModelConfig(hidden_size=64), vocab_size=52)
+    check_checkpoint_matches(tmp_path, ModelConfig(hidden_size=64, params_dtype="bf16"), 52)  # numerics may change
     with pytest.raises(SetupError) as err:
         check_checkpoint_matches(tmp_path, ModelConfig(hidden_size=128, ffn_hidden_size=256), 60)
     text = str(err.value)
     assert "model.hidden_size: checkpoint 64 vs config 128" in text
-    assert "model.ffn_hidden_size" in text and "data vocabulary: checkpoint 52 vs config 60" in text
+    assert "model.ffn_hidden_size" in text and "vocabulary size: checkpoint 52 vs prepared dataset 60" in text
     assert "num_layers" not in text
-    with pytest.raises(SetupError, match="not a recast checkpoint"):
+    with pytest.raises(SetupError, match="not a complete actor checkpoint"):
         check_checkpoint_matches(tmp_path / "..", ModelConfig(), 52)
 
 
-class _Ex:
-    def __init__(self, user, history, targets):
-        self.user, self.history, self.targets = user, history, targets
-
-
-def test_sft_examples_are_every_prefix():
-    exs = sft_examples([_Ex(0, [5, 6, 7], [8])], max_history=2)
-    assert [(e.history, e.targets) for e in exs] == [((5,), (6,)), ((5, 6), (7,)), ((6, 7), (8,))]
+def test_engine_and_stage_settings():
+    with pytest.raises(SetupError, match="needs WORLD_SIZE=1"):
+        check_rollout_layout(RolloutConfig(engine="torch"), 2)
+    check_rollout_layout(RolloutConfig(engine="sglang"), 2)
+    with pytest.raises(SetupError, match="sft.enabled=false"):
+        check_stage_inits(True, "/some/ckpt")
 
 
 def test_epoch_sampler_is_step_addressed_and_covers_each_epoch():
@@ -65,3 +72,4 @@ def test_epoch_sampler_is_step_addressed_and_covers_each_epoch():
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
     assert flat[:10] != flat[10:20]
     assert EpochSampler(list(range(10)), 4, seed=4, name="x").batch(0) != batches[0]
+    assert s1.extra(3, 1, 4) == s2.extra(3, 1, 4) != s1.extra(3, 2, 4)

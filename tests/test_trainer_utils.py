@@ -56,11 +56,12 @@ def test_latest_pointer_and_prune(tmp_path):
     assert ckpt.read_latest(root) is None
     for stage, step in (("sft", 5), ("rl", 1), ("rl", 2), ("rl", 3)):
         (root / ckpt.checkpoint_name(stage, step)).mkdir()
-    ckpt.write_latest(root, root / "rl_step_000002")  # rl_step_000003 is a partial save
+    (root / ckpt.LATEST).write_text("rl_step_000002\n")  # as MegatronActor.save writes it
+    (root / ".rl_step_000003.tmp").mkdir()  # a save killed midway
     assert ckpt.read_latest(root).name == "rl_step_000002"
     removed = {p.name for p in ckpt.prune(root, keep_last=2)}
     assert removed == {"sft_step_000005"}
-    assert (root / "rl_step_000003").exists()
+    assert (root / "rl_step_000003").exists() and (root / ".rl_step_000003.tmp").exists()
     (root / ckpt.LATEST).write_text("rl_step_000009\n")
     with pytest.raises(FileNotFoundError, match="rl_step_000009"):
         ckpt.read_latest(root)

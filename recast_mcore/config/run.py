@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from recast_mcore.config.actor import CheckpointConfig, ModelConfig, OptimConfig, ParallelConfig
 from recast_mcore.config.data import DataConfig
+from recast_mcore.config.rollout import RolloutConfig
 from recast_mcore.config.signal import RewardConfig, SignalConfig
 from recast_mcore.config.train import EvalConfig, LoggingConfig, RlConfig, SftConfig
 
@@ -32,6 +33,8 @@ class RunConfig:
     """Optimizer and learning-rate schedule (actor)."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """How often checkpoints are saved, how many are kept, where to resume from (actor format)."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Rollout engine (sglang / in-process torch), group sampling, servers and weight sync."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward of a candidate item against the prompt's targets."""
     signal: SignalConfig = field(default_factory=SignalConfig)

@@ -78,8 +78,8 @@ class RlConfig:
 class EvalConfig:
     """Constrained beam search over the full catalog, scored with ranking metrics."""
 
-    split: Literal["validation", "test"] = "validation"
-    """Which leave-one-out target is scored (validation = second-last item, test = last item)."""
+    split: Literal["valid", "test"] = "valid"
+    """Which leave-one-out target is scored (valid = second-last item, test = last item; see data/dataset.py)."""
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 32])
     """Cut-offs K for Pass@K, Recall@K and NDCG@K."""
     beam_width: int = 32

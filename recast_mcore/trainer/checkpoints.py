@@ -1,14 +1,13 @@
 """Checkpoint bookkeeping inside a run directory.
 
-Layout::
+Layout (the directories and ``latest`` are written by ``MegatronActor.save``, atomically: a save goes to
+``.<name>.tmp`` and is renamed into place, then ``latest`` is rewritten via tmp + rename)::
 
-    <run_dir>/checkpoints/sft_step_000040/   (written by actor.save)
+    <run_dir>/checkpoints/sft_step_000040/   (complete: holds actor_meta.json, written last)
     <run_dir>/checkpoints/rl_step_000010/
     <run_dir>/checkpoints/latest              (text: the name of the last COMPLETE checkpoint)
 
-``latest`` is rewritten atomically (write tmp, rename) only after ``actor.save`` returned on every
-rank, so a run killed mid-save still points at the previous complete checkpoint; the half-written
-directory is deleted before that step is saved again.
+So a run killed at any point, even mid-save, still finds the previous complete checkpoint in ``latest``.
 """
 
 from __future__ import annotations
@@ -40,26 +39,16 @@ def read_latest(root: str | Path) -> Path | None:
     return path
 
 
-def write_latest(root: str | Path, checkpoint: str | Path) -> None:
-    root = Path(root)
-    tmp = root / (LATEST + ".tmp")
-    tmp.write_text(Path(checkpoint).name + "\n")
-    tmp.replace(root / LATEST)
-
-
-def clear_partial(path: Path) -> None:
-    """Remove a directory left by a save that did not finish (never the one ``latest`` names)."""
-    if path.exists():
-        shutil.rmtree(path)
-
-
 def prune(root: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints (0 keeps all); never deletes ``latest``."""
+    """Delete all but the newest ``keep_last`` complete checkpoints (0 keeps all); never deletes ``latest``.
+
+    Hidden directories (``.<name>.tmp`` of a save in progress or killed) are left to the actor.
+    """
     root = Path(root)
     latest = read_latest(root)
     if keep_last <= 0 or latest is None:
         return []
-    dirs = sorted((p for p in root.iterdir() if p.is_dir()), key=_order)
+    dirs = sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_order)
     dirs = [p for p in dirs if _order(p) <= _order(latest)]
     removed = []
     for path in dirs[:-keep_last]:

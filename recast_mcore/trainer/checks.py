@@ -12,16 +12,15 @@ from typing import Any
 
 from recast_mcore.config.actor import ModelConfig, ParallelConfig
 from recast_mcore.config.base import to_dict
-
-MODEL_META = "recast_model.json"
-"""File (inside every checkpoint directory) recording the model config and vocabulary size it was built with."""
+from recast_mcore.config.rollout import RolloutConfig
+from recast_mcore.data.dataset import REQUIRED_FILES
 
 
 class SetupError(RuntimeError):
     """The run cannot start as configured; the message says what to change."""
 
 
-def check_prepared_dataset(prepared_dir: str, required_files: tuple[str, ...] = ("meta.json",)) -> Path:
+def check_prepared_dataset(prepared_dir: str, required_files: tuple[str, ...] = REQUIRED_FILES) -> Path:
     """The prepared dataset directory exists and holds the files training reads."""
     if not prepared_dir:
         raise SetupError("data.prepared_dir is empty: set it to the output of `recast-data prepare` (see examples/quickstart.sh)")
@@ -70,18 +69,11 @@ def check_parallel_layout(parallel_cfg: ParallelConfig, world_size: int, num_lay
     return world_size // model_parallel
 
 
-def model_meta(model_cfg: ModelConfig, vocab_size: int) -> dict[str, Any]:
-    """What a checkpoint must agree on with the config to be loadable: the model shape and the vocabulary."""
-    meta = {k: v for k, v in to_dict(model_cfg).items() if k not in ("fp8", "fp8_recipe", "transformer_impl", "params_dtype")}
-    meta["vocab_size"] = int(vocab_size)
-    return meta
+ACTOR_META = "actor_meta.json"
+"""File the actor writes last into every complete checkpoint: layout, model config and vocab_size."""
 
-
-def write_model_meta(checkpoint_dir: str | Path, model_cfg: ModelConfig, vocab_size: int) -> None:
-    path = Path(checkpoint_dir) / MODEL_META
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(model_meta(model_cfg, vocab_size), indent=1, sort_keys=True))
-    tmp.replace(path)
+_NUMERICS_ONLY = ("fp8", "fp8_recipe", "transformer_impl", "params_dtype", "init_method_std")
+"""Model fields that may change between save and load (they do not change the weights' shapes)."""
 
 
 def check_checkpoint_matches(checkpoint_dir: str | Path, model_cfg: ModelConfig, vocab_size: int) -> None:
@@ -89,19 +81,55 @@ def check_checkpoint_matches(checkpoint_dir: str | Path, model_cfg: ModelConfig,
     path = Path(checkpoint_dir)
     if not path.is_dir():
         raise SetupError(f"checkpoint directory {path} does not exist")
-    meta_path = path / MODEL_META
+    meta_path = path / ACTOR_META
     if not meta_path.is_file():
-        raise SetupError(f"{path} is not a recast checkpoint (no {MODEL_META}); was it written by recast-train?")
-    saved = json.loads(meta_path.read_text())
-    wanted = model_meta(model_cfg, vocab_size)
+        raise SetupError(f"{path} is not a complete actor checkpoint (no {ACTOR_META}); was it written by recast-train?")
+    meta = json.loads(meta_path.read_text())
+    saved = {k: v for k, v in meta["model"].items() if k not in _NUMERICS_ONLY}
+    wanted = {k: v for k, v in to_dict(model_cfg).items() if k not in _NUMERICS_ONLY}
     diffs = [
-        f"{'data vocabulary' if k == 'vocab_size' else 'model.' + k}: checkpoint {saved.get(k)!r} vs config {wanted.get(k)!r}"
+        f"model.{k}: checkpoint {saved.get(k)!r} vs config {wanted.get(k)!r}"
         for k in sorted(set(saved) | set(wanted))
         if saved.get(k) != wanted.get(k)
     ]
+    if int(meta["vocab_size"]) != int(vocab_size):
+        diffs.append(f"vocabulary size: checkpoint {meta['vocab_size']} vs prepared dataset {vocab_size} (another dataset or semantic-ID setting?)")
     if diffs:
         raise SetupError(
             f"the config's model does not match checkpoint {path}:\n  " + "\n  ".join(diffs) +
             "\nSet these model.* values to the checkpoint's (or use the dataset it was trained on), "
             "or start from a fresh run_dir / another checkpoint."
+        )
+
+
+def check_rollout_layout(rollout_cfg: RolloutConfig, world_size: int) -> None:
+    """The in-process torch engine runs the actor's model inside rank 0: it needs a single process."""
+    if rollout_cfg.engine == "torch" and world_size != 1:
+        raise SetupError(
+            f"rollout.engine=torch runs the actor's own model in process and needs WORLD_SIZE=1 (got {world_size}); "
+            f"use rollout.engine=sglang for multi-process runs"
+        )
+
+
+def check_rollout_servers(rollout_cfg: RolloutConfig) -> None:
+    """With ``rollout.sglang.mode: attach`` every listed server must answer /health now."""
+    if rollout_cfg.engine != "sglang" or rollout_cfg.sglang.mode != "attach":
+        return
+    from recast_mcore.rollout.client import SGLangClient
+
+    for url in rollout_cfg.sglang.urls:
+        if not SGLangClient(url, rollout_cfg.sglang.request_timeout_s).healthy(timeout_s=5.0):
+            raise SetupError(
+                f"rollout server {url} is unreachable (no HTTP 200 from {url.rstrip('/')}/health within 5 s). "
+                f"Start it (python -m sglang.launch_server --model-path <hf dir> --port ...), fix rollout.sglang.urls, "
+                f"or set rollout.sglang.mode=launch to let recast-train start servers itself."
+            )
+
+
+def check_stage_inits(sft_enabled: bool, rl_init_checkpoint: str) -> None:
+    """``rl.init_checkpoint`` only makes sense when RL does not follow this run's SFT."""
+    if sft_enabled and rl_init_checkpoint:
+        raise SetupError(
+            "rl.init_checkpoint is set but sft.enabled is true: RL would start from this run's SFT result. "
+            "Set sft.enabled=false to start RL from the checkpoint (or clear rl.init_checkpoint)."
         )

@@ -1,51 +1,20 @@
 """Deterministic batches for both stages, addressed by step (so a resumed run draws the same batches).
 
-SFT: every prefix of every training sequence is one example ``(history, next item)``; the examples are
-shuffled per epoch with ``generator(seed, "sft_epoch", e)`` and step s takes the global slice
+SFT: ``dataset.sft_examples()`` (every prefix of every training sequence -> its next item), shuffled
+per epoch with ``generator(seed, "sft_epoch", e)``; 0-based step s takes the global slice
 ``[s * batch, (s + 1) * batch)`` of the concatenated epochs.
 
-RL: the training prompts (``dataset.examples("train")``) are shuffled per epoch with
+RL: the training prompts ``dataset.examples("train")`` shuffled per epoch with
 ``generator(seed, "rl_epoch", e)``; step s takes prompts ``[s * B, (s + 1) * B)`` of the concatenated
-epochs (an epoch's tail joins the next epoch's head). Every rank computes the same batches.
+epochs (an epoch's tail joins the next epoch's head). Dynamic sampling's extra rounds draw
+``generator(seed, "rl_extra", step, round)``-permuted prompts. Every rank computes the same batches.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from recast_mcore.utils.rng import generator
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One RL prompt or SFT example: history item ids (oldest first) and the target item ids."""
-
-    user: int
-    history: tuple[int, ...]
-    targets: tuple[int, ...]
-
-
-def sft_examples(train_examples, max_history: int) -> list[Prompt]:
-    """Every prefix of each user's training sequence (history + last training item) predicts its next item.
-
-    ``train_examples``: ``PreparedDataset.examples("train")`` (history, targets[0] = last training item).
-    The history of each example keeps at most ``max_history`` most recent items; prefixes with an empty
-    history are skipped (nothing to condition on).
-    """
-    out: list[Prompt] = []
-    for ex in train_examples:
-        sequence = list(ex.history) + [ex.targets[0]]
-        for i in range(1, len(sequence)):
-            history = sequence[max(0, i - max_history) : i]
-            out.append(Prompt(user=int(ex.user), history=tuple(history), targets=(sequence[i],)))
-    return out
-
-
-def rl_prompts(train_examples) -> list[Prompt]:
-    """The RL prompts: one per user, the training sequence minus its last item -> the last training item(s)."""
-    return [Prompt(user=int(ex.user), history=tuple(ex.history), targets=tuple(ex.targets)) for ex in train_examples]
 
 
 class EpochSampler:
@@ -78,6 +47,12 @@ class EpochSampler:
             epoch, idx = divmod(pos, n)
             out.append(self.items[self._perm(epoch)[idx]])
         return out
+
+    def extra(self, step: int, round_index: int, count: int) -> list:
+        """``count`` extra items for dynamic sampling's round ``round_index`` of 1-based step ``step``."""
+        gen = generator(self.seed, self.name + "_extra", step, round_index)
+        perm = torch.randperm(len(self.items), generator=gen).tolist()
+        return [self.items[perm[i % len(perm)]] for i in range(count)]
 
     def steps_for_epochs(self, epochs: float) -> int:
         """Steps that cover ``epochs`` passes (at least 1)."""

@@ -1,0 +1,100 @@
+"""Building a run: preflight checks, process groups, dataset, actor, resume, rollout engine, logger.
+
+``Job`` holds what the stage loops need; ``build_job`` creates it on every rank. Order matters:
+cheap checks first (they fail in seconds with a message saying what to fix), then the process groups
+and the actor, then the checkpoint restore, and only then the rollout engine, which starts from the
+restored weights at the restored policy version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recast_mcore.config.base import save_config
+from recast_mcore.config.run import RunConfig
+from recast_mcore.data.dataset import PreparedDataset
+from recast_mcore.rollout.base import RolloutEngine
+from recast_mcore.trainer.checks import (
+    SetupError,
+    check_checkpoint_matches,
+    check_parallel_layout,
+    check_prepared_dataset,
+    check_rollout_layout,
+    check_rollout_servers,
+    check_stage_inits,
+    world_size_from_env,
+)
+from recast_mcore.trainer.restore import StartPoint, restore_state, select_start
+from recast_mcore.trainer.state import TrainerState
+from recast_mcore.trainer.weights import build_engine
+from recast_mcore.utils.dist import barrier, is_rank0
+from recast_mcore.utils.metric_log import MetricLogger
+
+
+@dataclass
+class Job:
+    """Everything the SFT and RL loops use (the engine only on rank 0)."""
+
+    cfg: RunConfig
+    run_dir: Path
+    dataset: PreparedDataset
+    actor: Any
+    engine: RolloutEngine | None
+    logger: MetricLogger
+    state: TrainerState
+
+    def close(self) -> None:
+        self.logger.close()
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+
+def preflight(cfg: RunConfig) -> tuple[PreparedDataset, StartPoint]:
+    """Checks that need no process group; returns the loaded dataset and where the run starts."""
+    check_prepared_dataset(cfg.data.prepared_dir)
+    world = world_size_from_env()
+    check_parallel_layout(cfg.parallel, world, cfg.model.num_layers, cfg.model.num_attention_heads)
+    check_rollout_layout(cfg.rollout, world)
+    check_stage_inits(cfg.sft.enabled, cfg.rl.init_checkpoint)
+    if is_rank0_env():
+        check_rollout_servers(cfg.rollout)
+    try:
+        dataset = PreparedDataset.load(cfg.data.prepared_dir)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SetupError(f"cannot load data.prepared_dir={cfg.data.prepared_dir}: {exc}") from exc
+    start = select_start(cfg)
+    if start.path is not None:
+        check_checkpoint_matches(start.path, cfg.model, dataset.vocab.vocab_size)
+    return dataset, start
+
+
+def is_rank0_env() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def build_actor(cfg: RunConfig, dataset: PreparedDataset) -> Any:
+    """Process groups (gloo on CPU, NCCL on GPU) and the Megatron actor, on every rank."""
+    from recast_mcore.actor.actor import MegatronActor
+    from recast_mcore.actor.parallel import initialize_distributed
+
+    initialize_distributed(cfg.parallel)
+    return MegatronActor(cfg.model, cfg.parallel, cfg.optim, dataset.vocab.vocab_size, dataset.trie)
+
+
+def build_job(cfg: RunConfig) -> Job:
+    dataset, start = preflight(cfg)
+    actor = build_actor(cfg, dataset)
+    run_dir = Path(cfg.run_dir)
+    logger = MetricLogger(run_dir, cfg.logging, enabled=is_rank0())
+    if is_rank0():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    barrier()
+    state = restore_state(start, cfg, actor, logger)
+    engine = build_engine(cfg.rollout, cfg.model, dataset.vocab, actor, state.policy_version, run_dir / "rollout")
+    return Job(cfg=cfg, run_dir=run_dir, dataset=dataset, actor=actor, engine=engine, logger=logger, state=state)

@@ -1,0 +1,84 @@
+"""The RL stage. ``run_rl`` is the whole loop, top to bottom:
+
+    sample prompts -> roll out groups (rank 0) -> reward -> build the UpdateBatch (signal builder)
+    -> broadcast -> actor.update (every rank) -> sync weights -> log -> evaluate / save on schedule
+"""
+
+from __future__ import annotations
+
+import time
+
+from recast_mcore.trainer.collective import Step0, follow
+from recast_mcore.trainer.data_feed import EpochSampler
+from recast_mcore.trainer.hooks import draw_plots, due, evaluate_and_log, save_checkpoint
+from recast_mcore.trainer.rollout_step import build_step_batch
+from recast_mcore.trainer.weights import push_weights, reseed_engine
+from recast_mcore.utils.dist import is_rank0
+from recast_mcore.utils.rng import derive_seed, seed_everything
+
+
+def run_rl(job) -> None:
+    cfg, st = job.cfg.rl, job.state
+    if st.stage != "rl":
+        return
+    prompts = EpochSampler(job.dataset.examples("train"), cfg.prompts_per_step, job.cfg.seed, "rl_epoch")
+    job.logger.start_bar("rl", cfg.steps, st.rl_step)
+    while cfg.enabled and st.rl_step < cfg.steps:
+        step = st.rl_step + 1
+        seed_everything(derive_seed(job.cfg.seed, "rl", step))
+        batch, rollout = collect_update_batch(job, prompts, step)
+        actor_metrics, actor_time = update_actor(job.actor, batch)
+        st.policy_version += 1
+        push_weights(job.engine, job.cfg.rollout, job.actor, job.cfg.model, job.dataset.vocab.vocab_size, st.policy_version)
+        st.rl_step, st.rollout_budget = step, st.rollout_budget + int(rollout["rollouts"])
+        log_rl_step(job, step, rollout, batch, actor_metrics, actor_time)
+        if due(step, cfg.eval_every, cfg.steps):
+            evaluate_and_log(job, "rl", step)
+        if due(step, job.cfg.checkpoint.save_interval, cfg.steps):
+            save_checkpoint(job, "rl", step)
+    job.logger.close_bar()
+    st.stage = "done"
+    draw_plots(job)
+
+
+def collect_update_batch(job, prompts: EpochSampler, step: int):
+    """Rank 0 rolls out, rewards and builds the batch (asking the other ranks to join actor.logprobs);
+    the (UpdateBatch, rollout metrics) pair is then broadcast to every rank."""
+    if not is_rank0():
+        return follow(job.actor)
+    lead = Step0(job.actor)
+    try:
+        reseed_engine(job.engine, derive_seed(job.cfg.seed, "rollout", step))
+        result = build_step_batch(step, job.engine, prompts, job.dataset.vocab, job.cfg.rollout.sampling,
+                                  job.cfg.reward, job.cfg.signal, lead.score)
+    except Exception as exc:
+        lead.abort(f"{type(exc).__name__}: {exc}")
+        raise
+    return lead.finish(result)
+
+
+def update_actor(actor, batch) -> tuple[dict[str, float], float]:
+    """actor.update on every rank; an empty batch (no group had a usable signal) skips the update."""
+    if batch.num_sequences == 0:
+        return {}, 0.0
+    start = time.perf_counter()
+    metrics = actor.update(batch)
+    return metrics, time.perf_counter() - start
+
+
+def log_rl_step(job, step, rollout, batch, actor_metrics, actor_time) -> None:
+    if not is_rank0():
+        return
+    figures = {
+        **rollout,
+        "update_width": batch.stats.update_width,
+        "update_sequences": float(batch.num_sequences),
+        "actor_time_s": actor_time,
+        "policy_version": float(job.state.policy_version),
+        **batch.stats.to_metrics("signal/"),
+        **{f"actor/{k}": v for k, v in actor_metrics.items()},
+    }
+    if due(step, job.cfg.rl.log_every, job.cfg.rl.steps):
+        job.logger.log("rl", step, job.state.rollout_budget, figures)
+    job.logger.update_bar({"reward": rollout["reward_mean"], "hit": rollout["hit_rate"],
+                           "width": batch.stats.update_width, "budget": job.state.rollout_budget})
