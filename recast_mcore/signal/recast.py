@@ -33,7 +33,6 @@ from recast_mcore.signal.stats import SignalStats, base_stats, frac, hardest_neg
 class _Anchor:
     """A repaired positive of one group."""
 
-    item_id: int
     response: torch.Tensor  # [T] int64
     old_logprobs: torch.Tensor  # [T] float32
 
@@ -73,7 +72,7 @@ def make_anchors(inputs: SignalInputs, cfg: RecastConfig, groups_to_repair: list
     for row, b in enumerate(owners):
         if b not in best or scores[row] > scores[best[b]]:
             best[b] = row
-    return {b: _Anchor(int(items[row]), responses[row], logprobs[row]) for b, row in best.items()}
+    return {b: _Anchor(responses[row], logprobs[row]) for b, row in best.items()}
 
 
 @register_builder("recast")
