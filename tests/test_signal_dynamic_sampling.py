@@ -64,6 +64,10 @@ def test_fill_exhausted_partial_or_raise():
     engine = ScriptedEngine([VARIED, ZERO, ZERO, ZERO])
     groups, rewards, info = fill_with_varied_groups(engine, 4, DynamicSamplingConfig(max_extra_rounds=1))
     assert info.exhausted and groups.num_prompts == 2 and info.rounds == 2 and info.rollouts == 8 * G
+    inputs = SignalInputs(groups=groups, rewards=rewards, item_tokens=ITEM_TOKENS, eos_id=EOS, sampling=info)
+    stats = build_update_batch(inputs, SignalConfig(builder="grpo")).stats
+    assert stats.sampling_exhausted and stats.to_metrics()["signal/sampling_exhausted"] == 1.0
+    assert stats.num_groups == 2 and stats.dropped_groups == 6
     with pytest.raises(RuntimeError, match="kept 2/4 groups"):
         fill_with_varied_groups(ScriptedEngine([VARIED, ZERO, ZERO, ZERO]), 4,
                                 DynamicSamplingConfig(max_extra_rounds=1, on_exhausted="raise"))

@@ -63,6 +63,8 @@ class SignalStats:
     """Generation rounds used (dynamic sampling; 1 otherwise)."""
     dropped_groups: int = 0
     """Groups discarded by the dynamic-sampling filter (zero reward variance)."""
+    sampling_exhausted: bool = False
+    """Dynamic sampling hit its round cap before the batch was full (the batch has fewer groups)."""
 
     def to_metrics(self, prefix: str = "signal/") -> dict[str, float]:
         """Flat ``{prefix + field: float}`` for the trainer's logger."""
@@ -142,6 +144,7 @@ def base_stats(inputs: SignalInputs, positive_threshold: float, negative_thresho
         extra_rollouts=info.extra_rollouts if info else 0,
         sampling_rounds=info.rounds if info else 1,
         dropped_groups=info.dropped_groups if info else 0,
+        sampling_exhausted=info.exhausted if info else False,
     )
 
 
