@@ -140,3 +140,16 @@ def test_registry_errors():
         compute_policy_loss(lp, batch)
     with pytest.raises(ValueError, match="token_logprobs shape"):
         compute_policy_loss(lp[:1], batch)
+
+
+@pytest.mark.gpu
+def test_losses_on_cuda_match_cpu():
+    torch.manual_seed(0)
+    old = torch.randn(4, 3)
+    lp = old + 0.2 * torch.randn(4, 3)
+    for loss, kw in [("ppo_clip", {"advantages": [1.0, -1.0, 0.5, -0.5]}), ("pairwise_contrast", {"pairs": [(0, 1), (2, 3)]})]:
+        batch = make_batch(old, group_index=[0, 0, 1, 1], loss=loss, **kw)
+        cpu = compute_policy_loss(lp, batch)
+        gpu = compute_policy_loss(lp.cuda(), batch.to("cuda"))
+        assert gpu[0].device.type == "cuda" and gpu[1].device.type == "cuda"
+        assert gpu[0].item() == pytest.approx(cpu[0].item(), rel=1e-5) and gpu[1].item() == cpu[1].item()
