@@ -188,8 +188,9 @@ class UpdateBatch:
     def group_partition(self, num_parts: int) -> list[torch.Tensor]:
         """Split the rows into ``num_parts`` index tensors without splitting a group.
 
-        Whole groups are assigned in order, greedily, so each part's row count is as close as
-        possible to N / num_parts (parts can be empty when there are fewer groups than parts).
+        Groups are assigned in order, each to the part its middle row falls in (part
+        ``floor(mid * num_parts / N)``), so parts are contiguous and hold ~N / num_parts rows
+        (parts can be empty when there are fewer groups than parts).
         Use it for data-parallel shards and micro-batches; ``pad_to`` equalizes row counts.
         """
         if num_parts < 1:
