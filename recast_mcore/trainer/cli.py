@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recast-train: error: {exc}", file=sys.stderr)
         return 2
     finally:
-        _destroy_process_groups()
+        destroy_process_groups()
     return 0
 
 
-def _destroy_process_groups() -> None:
+def destroy_process_groups() -> None:
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -23,6 +23,7 @@ from recast_mcore.trainer.checks import (
     check_prepared_dataset,
     check_rollout_layout,
     check_rollout_servers,
+    check_sequence_fits,
     check_stage_inits,
     world_size_from_env,
 )
@@ -52,19 +53,26 @@ class Job:
             self.engine = None
 
 
-def preflight(cfg: RunConfig) -> tuple[PreparedDataset, StartPoint]:
-    """Checks that need no process group; returns the loaded dataset and where the run starts."""
+def preflight_data(cfg: RunConfig) -> PreparedDataset:
+    """Dataset, layout and rollout checks that need no process group; returns the loaded dataset."""
     check_prepared_dataset(cfg.data.prepared_dir)
     world = world_size_from_env()
     check_parallel_layout(cfg.parallel, world, cfg.model.num_layers, cfg.model.num_attention_heads)
     check_rollout_layout(cfg.rollout, world)
-    check_stage_inits(cfg.sft.enabled, cfg.rl.init_checkpoint)
     if is_rank0_env():
         check_rollout_servers(cfg.rollout)
     try:
         dataset = PreparedDataset.load(cfg.data.prepared_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise SetupError(f"cannot load data.prepared_dir={cfg.data.prepared_dir}: {exc}") from exc
+    check_sequence_fits(dataset.max_history, dataset.vocab.item_len, cfg.model.max_seq_len)
+    return dataset
+
+
+def preflight(cfg: RunConfig) -> tuple[PreparedDataset, StartPoint]:
+    """All checks that need no process group; returns the dataset and where the run starts."""
+    check_stage_inits(cfg.sft.enabled, cfg.rl.init_checkpoint)
+    dataset = preflight_data(cfg)
     start = select_start(cfg)
     if start.path is not None:
         check_checkpoint_matches(start.path, cfg.model, dataset.vocab.vocab_size)

@@ -26,7 +26,9 @@ def run_rl(job) -> None:
     while cfg.enabled and st.rl_step < cfg.steps:
         step = st.rl_step + 1
         seed_everything(derive_seed(job.cfg.seed, "rl", step))
+        start = time.perf_counter()
         batch, rollout = collect_update_batch(job, prompts, step)
+        rollout["rollout_time_s"] = time.perf_counter() - start
         actor_metrics, actor_time = update_actor(job.actor, batch)
         st.policy_version += 1
         push_weights(job.engine, job.cfg.rollout, job.actor, job.cfg.model, job.dataset.vocab.vocab_size, st.policy_version)
@@ -78,6 +80,7 @@ def log_rl_step(job, step, rollout, batch, actor_metrics, actor_time) -> None:
         **batch.stats.to_metrics("signal/"),
         **{f"actor/{k}": v for k, v in actor_metrics.items()},
     }
+    figures["step_time_s"] = figures["rollout_time_s"] + actor_time
     if due(step, job.cfg.rl.log_every, job.cfg.rl.steps):
         job.logger.log("rl", step, job.state.rollout_budget, figures)
     job.logger.update_bar({"reward": rollout["reward_mean"], "hit": rollout["hit_rate"],

@@ -1,0 +1,80 @@
+"""``recast-eval``: constrained beam search over the full catalog for validation or test users.
+
+    recast-eval --config examples/quickstart.yaml                        # the run's latest checkpoint
+    recast-eval --config run.yaml --checkpoint runs/x/checkpoints/sft_step_000081 --split test
+
+Loads the checkpoint into the actor, hands its weights to the configured rollout engine (in-process
+torch or SGLang), runs beam search with width ``eval.beam_width`` and prints Pass@K, Recall@K, NDCG@K
+(definitions: eval/metrics.py, docs/training.md) as JSON; ``--out`` also writes them to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from recast_mcore.config.base import ConfigError, load_config
+from recast_mcore.config.run import RunConfig
+from recast_mcore.trainer.checks import SetupError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="recast-eval", description="beam-search ranking metrics of a checkpoint")
+    parser.add_argument("--config", required=True, help="run config YAML (model, data, rollout, eval sections)")
+    parser.add_argument("--checkpoint", default="", help="checkpoint dir, or a run dir / checkpoints root with 'latest' "
+                        "(default: <run_dir>/checkpoints/latest)")
+    parser.add_argument("--split", choices=["valid", "test"], help="overrides eval.split")
+    parser.add_argument("--out", default="", help="also write the metrics JSON here")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    return parser.parse_args(argv)
+
+
+def run_eval(cfg: RunConfig, checkpoint: str) -> dict[str, float]:
+    """Collective: every rank builds the actor and loads the checkpoint; rank 0 evaluates (others get {})."""
+    from recast_mcore.eval.evaluate import eval_examples, evaluate
+    from recast_mcore.trainer.checks import check_checkpoint_matches
+    from recast_mcore.trainer.job import build_actor, preflight_data
+    from recast_mcore.trainer.restore import resolve_checkpoint
+    from recast_mcore.trainer.weights import build_engine
+
+    dataset = preflight_data(cfg)
+    path = resolve_checkpoint(checkpoint or Path(cfg.run_dir) / "checkpoints", "--checkpoint")
+    check_checkpoint_matches(path, cfg.model, dataset.vocab.vocab_size)
+    actor = build_actor(cfg, dataset)
+    state = actor.load(path, load_optimizer=False)
+    engine = build_engine(cfg.rollout, cfg.model, dataset.vocab, actor, int(state.get("policy_version", 0)),
+                          Path(cfg.run_dir) / "rollout_eval")
+    if engine is None:
+        return {}
+    try:
+        metrics = evaluate(engine, dataset.vocab, eval_examples(dataset, cfg.eval), cfg.eval)
+    finally:
+        engine.close()
+    return {"checkpoint": str(path), "split": cfg.eval.split, **metrics}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        overrides = list(args.overrides) + ([f"eval.split={args.split}"] if args.split else [])
+        cfg = load_config(RunConfig, args.config, overrides)
+        result = run_eval(cfg, args.checkpoint)
+    except (ConfigError, SetupError) as exc:
+        print(f"recast-eval: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        from recast_mcore.trainer.cli import destroy_process_groups
+
+        destroy_process_groups()
+    if result:
+        text = json.dumps(result, indent=1)
+        print(text)
+        if args.out:
+            Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
