@@ -66,15 +66,28 @@ def hf_logits_fn(model):
 
 
 @torch.no_grad()
-def constrained_logprobs(model, catalog: ItemCatalog, prompt_ids: list[list[int]], responses: torch.Tensor) -> torch.Tensor:
-    """Reference ``log pi_c(y_t | x, y_<t)`` [N, T] for flat ``responses [N, T]`` (teacher forcing, one row each)."""
-    out = torch.zeros(responses.shape, dtype=torch.float32)
-    for n, (prompt, resp) in enumerate(zip(prompt_ids, responses.tolist())):
-        ids = torch.tensor([list(prompt) + resp[:-1]])
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1 :].float()[:, : catalog.vocab_size]  # [T, V]
-        mask = catalog.allowed_mask([resp[:t] for t in range(len(resp))])
-        lp = torch.log_softmax(logits.masked_fill(~mask, float("-inf")), -1)
-        out[n] = lp.gather(1, torch.tensor(resp)[:, None]).squeeze(1)
+def constrained_logprobs(model, catalog: ItemCatalog, prompt_ids: list[list[int]], responses: torch.Tensor,
+                         batch_size: int = 256) -> torch.Tensor:
+    """Reference ``log pi_c(y_t | x, y_<t)`` [N, T] for flat ``responses [N, T]`` (teacher forcing).
+
+    Row n runs ``prompt_n + y_n[:-1]`` (right-padded, exact for a causal LM); the logits at positions
+    ``len(prompt_n) - 1 + t`` give the distribution of ``y_n[t]``, masked by the trie and renormalized.
+    """
+    n, t_len = responses.shape
+    out = torch.zeros(n, t_len, dtype=torch.float32)
+    for lo in range(0, n, batch_size):
+        rows = range(lo, min(lo + batch_size, n))
+        seqs = [list(prompt_ids[i]) + responses[i, :-1].tolist() for i in rows]
+        ids = torch.zeros(len(seqs), max(len(s) for s in seqs), dtype=torch.long)
+        for r, seq in enumerate(seqs):
+            ids[r, : len(seq)] = torch.tensor(seq)
+        logits = model(input_ids=ids).logits.float()[..., : catalog.vocab_size]
+        for r, i in enumerate(rows):
+            start = len(prompt_ids[i]) - 1
+            resp = responses[i].tolist()
+            mask = catalog.allowed_mask([resp[:t] for t in range(t_len)])
+            lp = torch.log_softmax(logits[r, start : start + t_len].masked_fill(~mask, float("-inf")), -1)
+            out[i] = lp.gather(1, responses[i][:, None]).squeeze(1)
     return out
 
 

@@ -27,8 +27,10 @@ Cost per step: O(R * t * log E + R * V); a 100k-item catalog is a few hundred th
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
+import types
 from pathlib import Path
 
 import dill
@@ -147,10 +149,8 @@ class ItemTrieLogitProcessor:
         v = int(tables["vocab_size"])
         max_t = max((len(p) for p in prefixes), default=0)
         lengths = torch.tensor([len(p) for p in prefixes], dtype=torch.long)
-        tokens = torch.zeros(rows, max(max_t, 1), dtype=torch.long)
-        for r, p in enumerate(prefixes):
-            if p:
-                tokens[r, : len(p)] = torch.tensor(p, dtype=torch.long)
+        width = max(max_t, 1)
+        tokens = torch.tensor([list(p) + [0] * (width - len(p)) for p in prefixes], dtype=torch.long).reshape(rows, width)
         edge_key, edge_child = tables["edge_key"], tables["edge_child"]
         node = torch.zeros(rows, dtype=torch.long)
         on_trie = torch.ones(rows, dtype=torch.bool)
@@ -173,11 +173,23 @@ class ItemTrieLogitProcessor:
 
 
 def trie_processor_string() -> str:
-    """The processor serialized by value (dill), as SGLang's ``custom_logit_processor`` field expects."""
-    by_value = type(ItemTrieLogitProcessor.__name__, (), {
+    """The processor serialized *by value* (dill), as SGLang's ``custom_logit_processor`` field expects.
+
+    dill pickles functions of an importable module by reference; the methods are re-created as
+    ``__main__`` functions with empty globals so their code travels with the class.
+    """
+
+    def by_value(fn):
+        clone = types.FunctionType(fn.__code__, {"__builtins__": builtins}, fn.__name__, fn.__defaults__)
+        clone.__module__ = "__main__"
+        clone.__qualname__ = fn.__name__
+        return clone
+
+    attrs = {
         "__module__": "__main__",
-        "__call__": ItemTrieLogitProcessor.__call__,
-        "_tables_for": ItemTrieLogitProcessor.__dict__["_tables_for"],
-        "_allowed_mask": ItemTrieLogitProcessor.__dict__["_allowed_mask"],
-    })
-    return json.dumps({"callable": dill.dumps(by_value, recurse=True).hex()})
+        "__call__": by_value(ItemTrieLogitProcessor.__call__),
+        "_tables_for": classmethod(by_value(ItemTrieLogitProcessor.__dict__["_tables_for"].__func__)),
+        "_allowed_mask": staticmethod(by_value(ItemTrieLogitProcessor.__dict__["_allowed_mask"].__func__)),
+    }
+    cls = type(ItemTrieLogitProcessor.__name__, (), attrs)
+    return json.dumps({"callable": dill.dumps(cls, recurse=True).hex()})

@@ -1,0 +1,109 @@
+"""Against a real SGLang server on this machine: ONE launched server for the module (plus one restart).
+
+Reference = the tiny HF Llama the server loaded (or the weights last pushed to it) + the trie mask:
+``log pi_c(y_t | x, y_<t)`` of docs/contracts.md, computed in fp32 with transformers.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from recast_mcore.config.rollout import SamplingConfig, SGLangServerConfig, WeightSyncConfig
+from recast_mcore.rollout.catalog import ItemCatalog
+from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine
+from recast_mcore.rollout.testing import (
+    constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, perturbed_state_dict, random_catalog,
+)
+from recast_mcore.rollout.torch_engine import TorchRolloutEngine
+
+pytestmark = pytest.mark.sglang
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sglang")
+    vocab = random_catalog(40, [6, 5, 4], seed=3)
+    catalog = ItemCatalog.from_vocab(vocab)
+    model = make_tiny_llama(root / "hf", vocab.vocab_size)
+    cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(root / "logs"), request_timeout_s=60)
+    engine = SGLangRolloutEngine(cfg, WeightSyncConfig(method="disk"), catalog, str(root / "hf"),
+                                 work_dir=str(root / "work"))
+    prompts = [vocab.encode_prompt([i, (3 * i) % 40, (5 * i + 1) % 40][: 1 + i % 3]) for i in range(8)]
+    state = {"vocab": vocab, "catalog": catalog, "model": model, "engine": engine, "prompts": prompts}
+    yield state
+    engine.close()
+
+
+def _check_groups_against_reference(state, groups, g):
+    catalog, prompts = state["catalog"], state["prompts"]
+    assert bool((groups.item_ids >= 0).all()), "every sampled item must be a catalog item"
+    flat = groups.responses.reshape(-1, catalog.response_len)
+    ref = constrained_logprobs(state["model"], catalog, [p for p in prompts for _ in range(g)], flat)
+    err = (groups.token_logprobs.reshape(-1, catalog.response_len) - ref).abs().max().item()
+    assert err < TOL, f"SGLang vs reference constrained log-probs differ by {err}"
+    return err
+
+
+def test_sampled_items_are_valid_with_reference_logprobs(setup):
+    engine, prompts = setup["engine"], setup["prompts"]
+    for sampling in (SamplingConfig(group_size=6), SamplingConfig(group_size=4, temperature=0.7, top_k=3, top_p=0.9)):
+        groups = engine.generate(prompts, [[0]] * len(prompts), sampling)
+        assert groups.responses.shape == (len(prompts), sampling.group_size, 4)
+        assert groups.policy_version == 0 and groups.num_sampled == len(prompts) * sampling.group_size
+        _check_groups_against_reference(setup, groups, sampling.group_size)
+    assert len(torch.unique(groups.item_ids)) > 3  # it samples, not argmax
+
+
+def test_beam_search_equals_exhaustive_enumeration(setup):
+    engine, catalog, model, prompts = setup["engine"], setup["catalog"], setup["model"], setup["prompts"][:2]
+    full = engine.beam_search(prompts, beam_width=catalog.num_items)
+    assert bool((full.item_ids >= 0).all())
+    for b, prompt in enumerate(prompts):
+        exact = exhaustive_scores(model, catalog, prompt).topk(catalog.num_items)
+        assert torch.equal(full.item_ids[b], exact.indices)
+        assert (full.scores[b] - exact.values).abs().max().item() < TOL
+    narrow = engine.beam_search(prompts, beam_width=5)
+    local = TorchRolloutEngine(catalog, hf_logits_fn(model)).beam_search(prompts, beam_width=5)
+    assert torch.equal(narrow.item_ids, local.item_ids)
+    assert (narrow.scores - local.scores).abs().max().item() < TOL
+
+
+def test_invalid_prompts_give_clear_errors(setup):
+    engine = setup["engine"]
+    with pytest.raises(ValueError, match="prompt 1 has token ids outside"):
+        engine.generate([[1, 4], [1, 10_000]], [[0], [0]], SamplingConfig(group_size=2))
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        engine.beam_search([[]], beam_width=2)
+
+
+def test_weight_sync_disk_and_tensor_advance_the_version(setup):
+    engine, model = setup["engine"], setup["model"]
+    for version, method in ((1, "disk"), (2, "tensor")):
+        engine.sync_cfg = WeightSyncConfig(method=method)
+        new_weights = perturbed_state_dict(model, scale=0.05, seed=version)
+        model.load_state_dict(new_weights)
+        engine.update_weights(new_weights, version)
+        assert engine.policy_version == version
+        groups = engine.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=3))
+        assert groups.policy_version == version
+        _check_groups_against_reference(setup, groups, 3)
+    with pytest.raises(ValueError, match="must increase"):
+        engine.update_weights(new_weights, 2)
+
+
+def test_killed_server_is_restarted_and_the_batch_completes(setup):
+    engine = setup["engine"]
+    version = engine.policy_version
+    restarts = engine.pool.restarts
+    engine.pool.servers[0].kill()
+    t0 = time.monotonic()
+    groups = engine.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=3))
+    print(f"restart + batch: {time.monotonic() - t0:.1f} s")
+    assert engine.pool.restarts == restarts + 1
+    assert groups.num_sampled == 8 * 3 and groups.responses.shape == (8, 3, 4)
+    assert groups.policy_version == version  # the restarted server serves the latest weights again
+    _check_groups_against_reference(setup, groups, 3)

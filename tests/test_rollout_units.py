@@ -1,0 +1,263 @@
+"""Rollout engine pieces that need no SGLang server: trie tables, the shipped processor, sampling filters,
+the in-process engine against the HF reference, beam search vs exhaustive ranking, configs, registry,
+CPU bridges, the server launcher's failure report and the pool's retry/timeout logic (fake HTTP servers)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from recast_mcore.config.base import ConfigError, load_config
+from recast_mcore.config.rollout import RolloutConfig, SamplingConfig, SGLangServerConfig
+from recast_mcore.data.trie import ItemTrie
+from recast_mcore.rollout import cpu_bridge, server
+from recast_mcore.rollout.base import EngineResources, build_rollout_engine
+from recast_mcore.rollout.catalog import ItemCatalog, check_prompts
+from recast_mcore.rollout.client import RequestRejected, ServerUnavailable
+from recast_mcore.rollout.pool import ServerPool
+from recast_mcore.rollout.testing import (
+    constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, random_catalog,
+)
+from recast_mcore.rollout.torch_engine import TorchRolloutEngine, filter_top_k_top_p
+from recast_mcore.rollout.trie_processor import trie_processor_string
+
+
+@pytest.fixture(scope="module")
+def vocab():
+    return random_catalog(40, [6, 5, 4], seed=3)
+
+
+@pytest.fixture(scope="module")
+def catalog(vocab):
+    return ItemCatalog.from_vocab(vocab)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory, vocab):
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny") / "m", vocab.vocab_size)
+
+
+def _all_prefixes(items: torch.Tensor, t: int) -> torch.Tensor:
+    return torch.unique(items[:, :t], dim=0) if t else torch.zeros(1, 0, dtype=torch.long)
+
+
+def test_catalog_mask_and_item_ids_match_item_trie(vocab, catalog):
+    trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)
+    for t in range(vocab.item_len + 1):
+        prefixes = _all_prefixes(vocab.item_tokens, t)
+        assert torch.equal(catalog.allowed_mask(prefixes.tolist()), trie.next_token_mask(prefixes)), t
+    responses = catalog.responses_of(torch.arange(vocab.num_items))
+    assert torch.equal(catalog.item_ids(responses), torch.arange(vocab.num_items))
+    broken = responses.clone()
+    broken[::3, 1] = (broken[::3, 1] + 1 - 4) % 5 + 4 + 6  # another level-1 code: maybe not an item
+    assert torch.equal(catalog.item_ids(broken), trie.item_ids(broken))
+    assert bool((catalog.item_ids(torch.tensor([[2, 2, 2, 2]])) == -1).all())
+
+
+def test_processor_ships_by_value_and_masks_rows(tmp_path, catalog):
+    """Deserialize exactly like SGLang (dill from the JSON hex) in a process where recast_mcore is unimportable."""
+    path = catalog.save(tmp_path)
+    items = catalog.item_tokens
+    prefixes = [[], items[0, :1].tolist(), items[5, :2].tolist(), items[7].tolist(), [0, 0]]
+    code = f"""
+import sys, json, dill, torch
+sys.modules['recast_mcore'] = None
+cls = dill.loads(bytes.fromhex(json.loads(sys.stdin.read())['callable']))
+req = lambda ids: {{'trie_path': {str(path)!r}, '__req__': type('R', (), {{'output_ids': ids}})()}}
+prefixes = {prefixes!r}
+params = [req(p) for p in prefixes] + [None]
+logits = torch.zeros(len(params), {catalog.vocab_size} + 3)
+out = cls()(logits, params)
+print(json.dumps(torch.isfinite(out).tolist()))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], input=trie_processor_string(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    finite = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
+    expected = catalog.allowed_mask(prefixes[:4])
+    assert torch.equal(finite[:4, : catalog.vocab_size], expected)
+    assert not finite[:4, catalog.vocab_size :].any()  # padded vocab columns are never allowed
+    eos_only = torch.zeros(catalog.vocab_size + 3, dtype=torch.bool)
+    eos_only[catalog.eos_id] = True
+    assert torch.equal(finite[4], eos_only)  # off-trie prefix: may only stop (client rejects the item)
+    assert finite[5].all()  # a row without params is left alone
+
+
+def test_filter_top_k_top_p_hand_values():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(filter_top_k_top_p(logits, 2, 1.0)).tolist() == [[True, True, False, False]]
+    # nucleus 0.7: keep tokens whose preceding mass is <= 0.7 -> 0.5, 0.3
+    assert torch.isfinite(filter_top_k_top_p(logits, -1, 0.7)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_top_k_top_p(logits, -1, 0.85)).tolist() == [[True, True, True, False]]
+    assert torch.isfinite(filter_top_k_top_p(logits, -1, 1.0)).all()
+
+
+def test_torch_engine_samples_valid_items_with_reference_logprobs(vocab, catalog, model):
+    engine = TorchRolloutEngine(catalog, hf_logits_fn(model), batch_size=7, seed=1)
+    prompts = [vocab.encode_prompt([i, (3 * i) % 40, (5 * i + 1) % 40][: 1 + i % 3]) for i in range(6)]
+    for sampling in (SamplingConfig(group_size=5), SamplingConfig(group_size=3, temperature=0.7, top_k=2, top_p=0.9)):
+        groups = engine.generate(prompts, [[0]] * 6, sampling)
+        g = sampling.group_size
+        assert groups.responses.shape == (6, g, 4) and groups.num_sampled == 6 * g
+        assert bool((groups.item_ids >= 0).all())
+        assert bool((groups.responses[..., -1] == vocab.eos_id).all())
+        flat = groups.responses.reshape(-1, 4)
+        ref = constrained_logprobs(model, catalog, [p for p in prompts for _ in range(g)], flat)
+        assert torch.allclose(groups.token_logprobs.reshape(-1, 4), ref, atol=1e-5)
+        assert torch.equal(groups.token_logprobs[..., -1], torch.zeros(6, g))  # EOS is forced
+
+
+def test_torch_beam_search_equals_exhaustive_enumeration(vocab, catalog, model):
+    engine = TorchRolloutEngine(catalog, hf_logits_fn(model))
+    prompts = [vocab.encode_prompt([1, 2]), vocab.encode_prompt([7])]
+    result = engine.beam_search(prompts, beam_width=catalog.num_items)
+    for b, prompt in enumerate(prompts):
+        exact = exhaustive_scores(model, catalog, prompt).topk(catalog.num_items)
+        assert torch.equal(result.item_ids[b], exact.indices)
+        assert torch.allclose(result.scores[b], exact.values, atol=1e-5)
+    narrow = engine.beam_search(prompts, beam_width=4)
+    assert narrow.item_ids.shape == (2, 4) and bool((narrow.item_ids >= 0).all())
+    assert bool((narrow.scores[:, :-1] >= narrow.scores[:, 1:]).all())
+
+
+def test_invalid_prompts_raise_clear_errors(catalog):
+    with pytest.raises(ValueError, match="prompt 1 has token ids outside"):
+        check_prompts([[1, 4], [1, 999]], catalog.vocab_size)
+    with pytest.raises(ValueError, match="prompt 0 is empty"):
+        check_prompts([[]], catalog.vocab_size)
+    with pytest.raises(ValueError, match="non-empty list"):
+        check_prompts([], catalog.vocab_size)
+
+
+def test_config_is_strict(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("engine: torch\nsampling: {group_size: 4, temprature: 1.0}\n")
+    with pytest.raises(ConfigError, match="temprature"):
+        load_config(RolloutConfig, path)
+    path.write_text("engine: vllm\n")
+    with pytest.raises(ConfigError, match="'sglang', 'torch'"):
+        load_config(RolloutConfig, path)
+    path.write_text("sglang: {mode: attach}\n")
+    with pytest.raises(ConfigError, match="attach"):
+        load_config(RolloutConfig, path)
+    cfg = load_config(RolloutConfig, None, ["sampling.top_k=5", "weight_sync.method=tensor"])
+    assert cfg.sampling.top_k == 5 and cfg.weight_sync.method == "tensor"
+
+
+def test_registry_errors(catalog):
+    cfg = RolloutConfig(engine="torch")
+    with pytest.raises(ValueError, match="needs resources.logits_fn"):
+        build_rollout_engine(cfg, EngineResources(catalog=catalog))
+    cfg.engine = "nope"
+    with pytest.raises(ValueError, match="valid: sglang, torch"):
+        build_rollout_engine(cfg, EngineResources(catalog=catalog))
+    engine = build_rollout_engine(RolloutConfig(engine="torch"), EngineResources(catalog=catalog, logits_fn=lambda x: x))
+    engine.update_weights(None, 1)
+    assert engine.policy_version == 1
+    with pytest.raises(ValueError, match="must increase"):
+        engine.update_weights(None, 1)
+
+
+def test_cpu_bridges_only_on_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    env = cpu_bridge.server_env({"PYTHONPATH": "/x"})
+    assert env["PYTHONPATH"].split(":") == [str(cpu_bridge.CPU_SERVER_PATH), "/x"]
+    assert env["SGLANG_USE_CPU_ENGINE"] == "1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cpu_bridge.server_env({"PYTHONPATH": "/x"}) == {"PYTHONPATH": "/x"}
+
+
+def test_sgl_kernel_stand_in_matches_reference():
+    spec = importlib.util.spec_from_file_location(
+        "sgl_kernel_standin", cpu_bridge.CPU_SERVER_PATH / "sgl_kernel" / "__init__.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    req_to_token = torch.zeros(4, 10, dtype=torch.int32)
+    pools, starts, ends = torch.tensor([2, 0]), torch.tensor([3, 0]), torch.tensor([5, 4])
+    out = torch.arange(100, 106)
+    mod.assign_req_to_token_pool_cpu(pools, req_to_token, starts, ends, out, 10)
+    assert req_to_token[2, 3:5].tolist() == [100, 101] and req_to_token[0, 0:4].tolist() == [102, 103, 104, 105]
+    assert int(req_to_token.count_nonzero()) == 6
+    with pytest.raises(NotImplementedError, match="copy_all_layer_kv_cache_cpu"):
+        mod.copy_all_layer_kv_cache_cpu()
+
+
+def test_server_that_cannot_start_reports_its_log_tail(tmp_path, monkeypatch):
+    fake = [sys.executable, "-c", "print('loading model...'); print('OSError: no config.json in /nowhere'); raise SystemExit(3)"]
+    monkeypatch.setattr(server, "launch_command", lambda *a, **k: fake)
+    srv = server.LaunchedServer(SGLangServerConfig(startup_timeout_s=30), "/nowhere", tmp_path / "s.log")
+    with pytest.raises(server.ServerStartError, match=r"(?s)exited with code 3.*no config.json in /nowhere"):
+        srv.start()
+
+
+class _FakeSGLang(BaseHTTPRequestHandler):
+    """/health 200; /generate echoes the request, hanging on the first ``hang`` calls; /bad -> 400."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        state = self.server.state
+        with state["lock"]:
+            state["calls"] += 1
+            hang = state["calls"] <= state["hang"]
+        if hang:
+            time.sleep(2.0)
+        code = 400 if self.path == "/bad" else 200
+        payload = json.dumps({"echo": body, "port": self.server.server_port}).encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        except BrokenPipeError:  # the client gave up on a hung call: that is the point
+            pass
+
+
+def _fake_servers(n: int, hang: int):
+    servers = []
+    for _ in range(n):
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), _FakeSGLang)
+        srv.state = {"calls": 0, "hang": hang, "lock": threading.Lock()}
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    return servers
+
+
+def _attach_pool(servers, timeout_s=0.5, retries=2):
+    cfg = SGLangServerConfig(mode="attach", urls=[f"http://127.0.0.1:{s.server_port}" for s in servers],
+                             request_timeout_s=timeout_s, max_retries=retries)
+    return ServerPool(cfg, "", 0, current_weights=lambda: ("", 0), after_restart=lambda c: None)
+
+
+def test_pool_spreads_chunks_and_retries_a_hung_request_exactly_once():
+    servers = _fake_servers(2, hang=1)
+    try:
+        pool = _attach_pool(servers)
+        results = pool.map(list(range(6)), lambda client, p: client.post("/generate", {"p": p}))
+        assert [r["echo"]["p"] for r in results] == list(range(6))  # each payload once, in order
+        assert {r["port"] for r in results} == {s.server_port for s in servers}  # data-parallel spread
+        assert sum(s.state["calls"] for s in servers) == 6 + 2  # one hung call per server was re-sent
+        with pytest.raises(RequestRejected, match="HTTP 400"):
+            pool.map([0], lambda client, p: client.post("/bad", {}))
+        servers[0].state["hang"] = 10**6
+        servers[1].state["hang"] = 10**6
+        with pytest.raises(ServerUnavailable, match="after 2 retries"):
+            _attach_pool(servers, retries=2).map([0], lambda client, p: client.post("/generate", {}))
+    finally:
+        for s in servers:
+            s.shutdown()
