@@ -6,6 +6,7 @@ Reference = the tiny HF Llama the server loaded (or the weights last pushed to i
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -95,6 +96,87 @@ def test_weight_sync_disk_and_tensor_advance_the_version(setup):
         engine.update_weights(new_weights, 2)
 
 
+# ---- the Megatron actor as the reference --------------------------------------------------------------
+# The worker runs in its own process (Megatron's global state and CPU patches stay out of pytest): it builds
+# a MegatronActor shaped exactly like the fixture's HF Llama, takes one SFT step, writes the HF-layout
+# weights (checkpoint/hf_mapping.py), waits for the responses SGLang sampled after the sync, and writes
+# the actor's constrained log-probs of them.
+def _actor_worker(out: str) -> None:
+    from pathlib import Path
+
+    from recast_mcore.actor.actor import MegatronActor
+    from recast_mcore.actor.parallel import destroy_distributed, initialize_distributed
+    from recast_mcore.checkpoint.hf_mapping import mcore_to_hf
+    from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
+    from recast_mcore.data.trie import ItemTrie
+
+    out = Path(out)
+    vocab = random_catalog(40, [6, 5, 4], seed=3)
+    model_cfg = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
+                            num_query_groups=2, qk_layernorm=False, tie_embeddings=False, rotary_base=10000,
+                            norm_epsilon=1e-6, max_seq_len=64, init_method_std=0.2)
+    parallel_cfg = ParallelConfig()
+    initialize_distributed(parallel_cfg)
+    trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)
+    actor = MegatronActor(model_cfg, parallel_cfg, OptimConfig(lr=1e-2), vocab.vocab_size, trie)
+    prompts = [vocab.encode_prompt([i, i + 1]) for i in range(8)]
+    responses = torch.tensor([vocab.encode_response(i + 2) for i in range(8)])
+    actor.sft_step(prompts, responses)  # the weights SGLang gets are "after an actor update"
+    hf = mcore_to_hf(actor.full_state_dict(), model_cfg, vocab.vocab_size)
+    torch.save(hf, out / "hf.tmp")
+    (out / "hf.tmp").rename(out / "hf.pt")
+    deadline = time.monotonic() + 300
+    while not (out / "sampled.pt").exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError("no sampled.pt from the test")
+        time.sleep(0.2)
+    sampled = torch.load(out / "sampled.pt")
+    torch.save(actor.logprobs(sampled["prompts"], sampled["responses"]), out / "actor.tmp")
+    (out / "actor.tmp").rename(out / "actor_logprobs.pt")
+    destroy_distributed()
+
+
+def _wait_for(path, proc, timeout_s=300):
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"actor worker exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"actor worker produced no {path.name}")
+        time.sleep(0.2)
+
+
+def test_sglang_logprobs_equal_megatron_actor_after_sync(setup, tmp_path):
+    import os
+    import subprocess
+
+    engine = setup["engine"]
+    proc = subprocess.Popen([sys.executable, __file__, "actor-worker", str(tmp_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _wait_for(tmp_path / "hf.pt", proc)
+        hf = torch.load(tmp_path / "hf.pt")
+        version = engine.policy_version + 1
+        engine.sync_cfg = WeightSyncConfig(method="disk")
+        engine.update_weights(hf, version)
+        setup["model"].load_state_dict(hf)  # later tests compare against the weights the server now serves
+        groups = engine.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=4))
+        assert groups.policy_version == version and bool((groups.item_ids >= 0).all())
+        prompts = [p for p in setup["prompts"] for _ in range(4)]
+        responses = groups.responses.reshape(-1, 4)
+        torch.save({"prompts": prompts, "responses": responses}, tmp_path / "sampled.pt")
+        _wait_for(tmp_path / "actor_logprobs.pt", proc)
+        assert proc.wait(timeout=120) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    actor_lp = torch.load(tmp_path / "actor_logprobs.pt")
+    err = (actor_lp - groups.token_logprobs.reshape(-1, 4)).abs().max().item()
+    print(f"max |SGLang - Megatron actor| constrained log-prob: {err:.2e}")
+    assert err < TOL
+
+
 def test_killed_server_is_restarted_and_the_batch_completes(setup):
     engine = setup["engine"]
     version = engine.policy_version
@@ -107,3 +189,7 @@ def test_killed_server_is_restarted_and_the_batch_completes(setup):
     assert groups.num_sampled == 8 * 3 and groups.responses.shape == (8, 3, 4)
     assert groups.policy_version == version  # the restarted server serves the latest weights again
     _check_groups_against_reference(setup, groups, 3)
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "actor-worker":
+    _actor_worker(sys.argv[2])

@@ -1,6 +1,6 @@
 """The production rollout engine: real SGLang servers, trie-constrained sampling, beam search, weight sync.
 
-Sampling: one ``/generate`` call per chunk of prompts with ``n = G``, ``max_new_tokens = T``, the trie
+Sampling: one ``/generate`` call per chunk of prompts (each repeated G times), ``max_new_tokens = T``, the trie
 ``CustomLogitProcessor`` and ``return_logprob``. Launched servers run with
 ``SGLANG_RETURN_ORIGINAL_LOGPROB=1``: the returned log-prob of y_t is ``log_softmax(z masked by the trie)[y_t]``
 at temperature 1, i.e. ``log pi_c(y_t | x, y_<t)`` of the contract, whatever the sampling temperature.
@@ -91,10 +91,12 @@ class SGLangRolloutEngine:
         return groups
 
     def _sample_body(self, prompts: list[list[int]], sampling: SamplingConfig) -> dict[str, Any]:
+        # Each prompt repeated G times with n=1 (prompt-major order, as with n=G): SGLang's n>1 path runs a
+        # sequential prefix warm-up request per prompt, which costs more than it saves here.
         return {
-            "input_ids": [list(p) for p in prompts],
+            "input_ids": [list(p) for p in prompts for _ in range(sampling.group_size)],
             "sampling_params": {
-                "n": sampling.group_size, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                "n": 1, "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "top_k": sampling.top_k, "max_new_tokens": self.catalog.response_len,
                 "custom_params": {"trie_path": self.trie_path},
             },
