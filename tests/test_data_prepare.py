@@ -196,3 +196,12 @@ def test_fetch_and_prepare_ml100k(tmp_path, monkeypatch):
     ds = PreparedDataset.load(tmp_path / "ml")
     assert ds.meta["filtering"]["rows_read"] == 100_000 and ds.meta["users"] == 943
     assert ds.meta["baselines_valid"]["markov"]["recall@10"] > 0.05
+
+
+def test_cli_reads_data_section_of_a_run_config(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("data:\n  kcore: 3\n  synthetic:\n    num_users: 150\n    num_items: 100\n    num_clusters: 4\n")
+    assert main(["prepare", "--config", str(cfg), "--out", str(tmp_path / "o"), "--set", "max_history=7"]) == 0
+    written = (tmp_path / "o" / "config.yaml").read_text()
+    assert "kcore: 3" in written and "max_history: 7" in written and "num_users: 150" in written
+    assert PreparedDataset.load(tmp_path / "o").meta["users"] == 150

@@ -106,3 +106,14 @@ def test_semantic_ids_ignore_anything_but_training_sequences():
     changed = [s[1:] for s in train]  # different training data -> different embeddings
     c = build_semantic_ids(cfg, changed, [str(i) for i in range(60)])
     assert not c.codes.equal(a.codes)
+
+
+def test_sparse_svd_path_matches_dense(monkeypatch):
+    from recast_mcore.data import semantic_ids
+
+    rng = np.random.default_rng(2)
+    train = [rng.choice(80, size=10, replace=False).tolist() for _ in range(200)]
+    dense = semantic_ids.cooccurrence_embeddings(train, 80, 6, 3, seed=0)
+    monkeypatch.setattr(semantic_ids, "DENSE_SVD_MAX_ITEMS", 0)
+    sparse = semantic_ids.cooccurrence_embeddings(train, 80, 6, 3, seed=0)
+    assert torch.allclose(dense, sparse, atol=1e-4)

@@ -5,6 +5,8 @@ Embeddings E [N, D] (rows L2-normalized; all-zero rows stay zero):
     Counts c_ij = #(ordered pairs of one user's training items at distance 1..w, both directions),
     c_i = sum_j c_ij, c = sum_ij c_ij;  PPMI_ij = max(0, log(c_ij c / (c_i c_j)));
     E = U_D sqrt(S_D) from the rank-D truncated (randomized) SVD of the PPMI matrix.
+    Items with no training co-occurrence ("cold", counted in the stats) get a seeded random
+    direction instead of a zero row, so they spread over codes instead of all colliding.
   * ``features``: given item feature vectors, columns standardized.
 RQ-KMeans with L levels x K codes: r_0 = E; at level l (optionally r_l <- r_l / ||r_l|| first,
 ``normalize_residuals``: tight clusters are spread again, which lowers collisions), k-means
@@ -26,6 +28,7 @@ from recast_mcore.config.data import SemanticIdConfig
 
 
 DENSE_SVD_MAX_ITEMS = 4096
+KMEANSPP_SAMPLE_PER_CODE = 32
 
 
 @dataclass
@@ -74,7 +77,7 @@ class _SymmetricMatrix:
         else:
             self.dense = None
             index = torch.from_numpy(np.stack([rows, cols]))
-            self.sparse = torch.sparse_coo_tensor(index, torch.from_numpy(vals), (n, n), is_coalesced=True)
+            self.sparse = torch.sparse_coo_tensor(index, torch.from_numpy(vals), (n, n), is_coalesced=True, check_invariants=True)
 
     def __matmul__(self, x: np.ndarray) -> np.ndarray:
         if self.dense is not None:
@@ -101,12 +104,14 @@ def cooccurrence_embeddings(train: list[list[int]], num_items: int, dim: int, wi
     """[num_items, dim] float32 L2-normalized rows of U sqrt(S) of the training PPMI matrix."""
     rows, cols = cooccurrence_pairs(train, window)
     out = np.zeros((num_items, dim))
-    if rows.shape[0] == 0:
-        return torch.from_numpy(out).float()
     r, c, v = ppmi_triplets(rows, cols, num_items)
     rank = min(dim, num_items)
     u, s = randomized_svd(_SymmetricMatrix(r, c, v, num_items), num_items, rank, seed)
     out[:, :rank] = u * np.sqrt(s)
+    cold = ~np.abs(out).any(1)
+    if cold.any():  # no training co-occurrence: a seeded random direction just spreads their codes
+        rng = np.random.Generator(np.random.PCG64(seed + 1))
+        out[cold] = rng.standard_normal((int(cold.sum()), dim))
     return _normalize_rows(torch.from_numpy(out)).float()
 
 
@@ -139,23 +144,26 @@ def kmeans(x: torch.Tensor, k: int, iters: int, gen: torch.Generator) -> tuple[t
     if distinct.shape[0] <= k:
         return distinct, inverse
     centroids = _kmeanspp(x, k, gen)
+    previous = None
     for _ in range(iters):
         dist = torch.cdist(x, centroids)
         assign = dist.argmin(1)
-        onehot = torch.nn.functional.one_hot(assign, k).to(x.dtype)  # [N, k]
-        counts = onehot.sum(0)
-        new = (onehot.T @ x) / counts.clamp_min(1).unsqueeze(1)
+        if previous is not None and torch.equal(assign, previous):
+            break  # converged: the centroids below would not move
+        previous = assign
+        counts = torch.bincount(assign, minlength=k)
+        centroids = torch.zeros_like(centroids).index_add_(0, assign, x) / counts.clamp_min(1).unsqueeze(1).to(x.dtype)
         empty = torch.nonzero(counts == 0).squeeze(1)
         if empty.numel():
             far = dist.gather(1, assign.unsqueeze(1)).squeeze(1).topk(empty.numel()).indices
-            new[empty] = x[far]
-        if torch.equal(new, centroids):
-            break
-        centroids = new
+            centroids[empty] = x[far]
     return centroids, torch.cdist(x, centroids).argmin(1)
 
 
 def _kmeanspp(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding on a random subsample of at most ``KMEANSPP_SAMPLE_PER_CODE * k`` rows."""
+    if x.shape[0] > KMEANSPP_SAMPLE_PER_CODE * k:
+        x = x[torch.randperm(x.shape[0], generator=gen)[: KMEANSPP_SAMPLE_PER_CODE * k]]
     first = torch.randint(0, x.shape[0], (1,), generator=gen)
     chosen = [int(first)]
     closest = (x - x[first]).pow(2).sum(1)
@@ -172,7 +180,7 @@ def residual_kmeans(
 ) -> torch.Tensor:
     """RQ-KMeans codes [N, levels] (see module docstring)."""
     gen = torch.Generator().manual_seed(seed)
-    residual = emb.double()
+    residual = emb.float()
     codes = []
     for _ in range(levels):
         if normalize_residuals:
@@ -200,6 +208,13 @@ def dedup_codes(codes: torch.Tensor) -> tuple[torch.Tensor, int]:
     if largest == 1:
         return codes, 1
     return torch.cat([codes, rank.unsqueeze(1)], 1), largest
+
+
+def cold_items(train: list[list[int]], num_items: int) -> int:
+    """Items that never occur in a training sequence (their SVD embedding is a random direction)."""
+    seen = np.zeros(num_items, dtype=bool)
+    seen[np.fromiter((i for s in train for i in s), dtype=np.int64)] = True
+    return int((~seen).sum())
 
 
 # ------------------------------------------------------------------------------ driver
@@ -232,7 +247,7 @@ def build_semantic_ids(
         "codebook_utilization": [
             torch.unique(base[:, level]).numel() / cfg.codes_per_level for level in range(cfg.levels)
         ],
-        "zero_embedding_items": int((emb.norm(dim=1) == 0).sum()),
+        "cold_items": cold_items(train, num_items) if cfg.embedding == "cooccurrence_svd" else 0,
         "embedding_seconds": round(embed_s, 4),
         "kmeans_seconds": round(kmeans_s, 4),
     }
