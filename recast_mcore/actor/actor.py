@@ -267,6 +267,8 @@ class MegatronActor:
 
     def full_grads(self) -> dict[str, torch.Tensor] | None:
         """Full gathered gradients (``main_grad`` after finalize) on rank 0, for tests and debugging. Collective."""
+        if self.optim_cfg.distributed_optimizer and self.dp_size > 1:
+            raise ValueError("full_grads: with the distributed optimizer main_grad is reduce-scattered over DP (each rank holds a shard)")
         return gather_full(self.chunks, self.model_cfg.tie_embeddings, value_of=lambda p: p.main_grad)
 
     def load_full_state_dict(self, full: dict[str, torch.Tensor]) -> None:

@@ -10,6 +10,9 @@ installs the smallest set of rewrites that lets the real Megatron code run on CP
    (token-count zeros), transformer/utils.py (get_default_causal_mask) and every
    ``device=torch.cuda.current_device()`` (utils.py GlobalMemoryBuffer, tensor_parallel/layers.py,
    tensor_parallel/mappings.py, pipeline_parallel/p2p_communication.py, distributed/param_and_grad_buffer.py).
+   It also makes ``Tensor.type()`` (no argument) report ``torch.cuda.<X>Tensor``, because
+   megatron/core/optimizer/distrib_optimizer.py and optimizer.py (Float16OptimizerWithFloat16Params)
+   reject any other parameter type name.
 2. ``torch.cuda.current_device`` returns 0 (the mode above maps device 0 to cpu) - megatron/core/utils.py,
    tensor_parallel/*.py, distributed/*.py call it unconditionally.
 3. The tensor-parallel RNG tracker (megatron/core/tensor_parallel/random.py) reads/writes the CUDA
@@ -55,6 +58,10 @@ class CudaToCpuMode(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name == "cuda":  # Tensor.cuda() / Module tensors moved with .cuda()
             return args[0]
+        if name == "type" and len(args) == 1 and not kwargs:
+            # Tensor.type() with no target: megatron/core/optimizer/distrib_optimizer.py and optimizer.py
+            # (Float16OptimizerWithFloat16Params) accept only 'torch.cuda.*Tensor' names.
+            return func(*args).replace("torch.", "torch.cuda.", 1)
         if name == "to" and args:
             args = tuple("cpu" if i > 0 and _is_cuda_device(a) else a for i, a in enumerate(args))
         return func(*args, **kwargs)

@@ -123,6 +123,10 @@ def transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfig) -> 
         persist_layer_norm=te,
         deallocate_pipeline_outputs=True,
         batch_p2p_sync=torch.cuda.is_available(),
+        # With virtual stages and PP=2 the previous and the next stage are the same peer: batched
+        # isend/irecv (megatron p2p_communication._batched_p2p_ops, untagged) then matches the activation
+        # send with the gradient receive. The unbatched path orders ops by even/odd rank and is correct.
+        batch_p2p_comm=parallel_cfg.virtual_pipeline_parallel == 1,
         **fp8_kwargs,
     )
 

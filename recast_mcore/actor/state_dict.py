@@ -1,7 +1,8 @@
 """Full (TP/PP-gathered) <-> local (this rank's shards) Megatron state dicts.
 
-The full layout is the TP=1, PP=1 ``GPTModel.state_dict()`` (global layer numbers, no ``_extra_state``,
-no ``output_layer.weight`` when embeddings are tied). It is what ``checkpoint/hf_mapping.py`` consumes.
+The full layout is the TP=1, PP=1 local-spec ``GPTModel.state_dict()`` (global layer numbers, no
+``_extra_state``, no ``output_layer.weight`` when embeddings are tied; a TE-spec model's fused norm names
+are translated, so full dicts are interchangeable between specs). It is what ``checkpoint/hf_mapping.py`` consumes.
 
 Tensor-parallel params carry Megatron's ``tensor_model_parallel`` / ``partition_dim`` attributes and are
 split in contiguous chunks along ``partition_dim`` (this keeps ``linear_qkv``'s per-query-group layout,
@@ -19,14 +20,20 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.")
+_TE_TO_LOCAL = {  # the TE spec fuses the pre-norms into the following linear layer
+    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_weight": "pre_mlp_layernorm.weight",
+}
 
 
 def _global_name(chunk: torch.nn.Module, local_name: str) -> str:
+    """Global, spec-independent name: global layer number, local-spec norm names (TE names translated)."""
     m = _LAYER.match(local_name)
     if not m:
         return local_name
     layer = chunk.decoder.layers[int(m.group(1))]
-    return f"decoder.layers.{layer.layer_number - 1}." + local_name[m.end() :]
+    rest = local_name[m.end() :]
+    return f"decoder.layers.{layer.layer_number - 1}." + _TE_TO_LOCAL.get(rest, rest)
 
 
 def local_params(chunks: list[torch.nn.Module], tie_embeddings: bool) -> Iterator[tuple[str, torch.nn.Parameter]]:
