@@ -13,8 +13,10 @@ from recast_mcore.trainer.checks import (
     check_parallel_layout,
     check_prepared_dataset,
     check_rollout_layout,
+    check_signal_supported,
     check_stage_inits,
 )
+from recast_mcore.config.signal import SignalConfig
 from recast_mcore.trainer.data_feed import EpochSampler
 
 
@@ -61,6 +63,10 @@ def test_engine_and_stage_settings():
     check_rollout_layout(RolloutConfig(engine="sglang"), 2)
     with pytest.raises(SetupError, match="sft.enabled=false"):
         check_stage_inits(True, "/some/ckpt")
+    cfg = SignalConfig(builder="grpo")
+    cfg.grpo.loss.use_kl = True
+    with pytest.raises(SetupError, match="use_kl=false"):
+        check_signal_supported(cfg)
 
 
 def test_epoch_sampler_is_step_addressed_and_covers_each_epoch():

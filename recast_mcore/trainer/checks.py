@@ -13,6 +13,7 @@ from typing import Any
 from recast_mcore.config.actor import ModelConfig, ParallelConfig
 from recast_mcore.config.base import to_dict
 from recast_mcore.config.rollout import RolloutConfig
+from recast_mcore.config.signal import SignalConfig
 from recast_mcore.data.dataset import REQUIRED_FILES
 
 
@@ -143,4 +144,13 @@ def check_sequence_fits(max_history: int, item_len: int, max_seq_len: int) -> No
             f"model.max_seq_len={max_seq_len} is shorter than the longest sequence {longest} "
             f"(1 + max_history {max_history} x item_len {item_len} + item_len + 1): raise model.max_seq_len "
             f"or prepare the data with a smaller data.max_history"
+        )
+
+
+def check_signal_supported(signal_cfg: SignalConfig) -> None:
+    """recast-train keeps no reference policy, so a KL term (which needs ref_logprobs) cannot run."""
+    if signal_cfg.builder == "grpo" and signal_cfg.grpo.loss.use_kl:
+        raise SetupError(
+            "signal.grpo.loss.use_kl=true needs reference-policy log-probs, but recast-train keeps no reference "
+            "model; set signal.grpo.loss.use_kl=false"
         )

@@ -24,6 +24,7 @@ from recast_mcore.trainer.checks import (
     check_rollout_layout,
     check_rollout_servers,
     check_sequence_fits,
+    check_signal_supported,
     check_stage_inits,
     world_size_from_env,
 )
@@ -72,6 +73,7 @@ def preflight_data(cfg: RunConfig) -> PreparedDataset:
 def preflight(cfg: RunConfig) -> tuple[PreparedDataset, StartPoint]:
     """All checks that need no process group; returns the dataset and where the run starts."""
     check_stage_inits(cfg.sft.enabled, cfg.rl.init_checkpoint)
+    check_signal_supported(cfg.signal)
     dataset = preflight_data(cfg)
     start = select_start(cfg)
     if start.path is not None:
