@@ -102,6 +102,9 @@ def test_dedup_keeps_earliest_and_rating_filter():
     assert stats["rows_after_rating_filter"] == 4 and split.item_ids == ["1", "3", "4"]
     with pytest.raises(ValueError, match="has no ratings"):
         build_sequences(raw_from(rows), kcore=1, target_set_size=1, min_rating=3)
+    partly = raw_from(rows, ratings=[5, float("nan"), 5, 5, 5])
+    with pytest.raises(ValueError, match="1 rows of test have no rating"):
+        build_sequences(partly, kcore=1, target_set_size=1, min_rating=3)
 
 
 def test_nothing_survives_raises():

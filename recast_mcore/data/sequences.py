@@ -97,6 +97,9 @@ def build_sequences(
     if min_rating is not None:
         if raw.ratings is None:
             raise ValueError(f"min_rating={min_rating} is set but {raw.source} has no ratings")
+        unrated = int(np.isnan(raw.ratings).sum())
+        if unrated:
+            raise ValueError(f"min_rating={min_rating} is set but {unrated} rows of {raw.source} have no rating")
         keep &= raw.ratings >= min_rating
     stats["rows_after_rating_filter"] = int(keep.sum())
     order = np.lexsort((np.arange(len(raw)), raw.timestamps, users))
