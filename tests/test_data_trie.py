@@ -145,6 +145,9 @@ def test_state_roundtrip_and_bad_state(vocab, trie):
     clone = ItemTrie.from_state(trie.to_state())
     responses = torch.tensor([vocab.encode_response(i) for i in range(50)])
     assert clone.response_mask(responses).equal(trie.response_mask(responses))
+    moved = trie.to("cuda" if torch.cuda.is_available() else "cpu")
+    assert moved.response_mask(responses).cpu().equal(trie.response_mask(responses))
+    assert moved.item_ids(responses).cpu().tolist() == list(range(50))
     state = trie.to_state()
     state["child_ptr"] = state["child_ptr"][:-1]
     with pytest.raises(ValueError, match="child_ptr"):
