@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import TP_PP_LAYOUTS, catalog, contrast_batch, grpo_batch, model_cfg, optim_cfg, parallel_cfg, prompts_and_items  # noqa: E402
+from actor_common import TP_PP_LAYOUTS, catalog, contrast_batch, grpo_batch, model_cfg, optim_cfg, parallel_cfg, prompts_and_items  # noqa: E402
 
 TOL = 2e-5
 
