@@ -8,6 +8,7 @@ computes its data-parallel share (see actor/microbatch.py) and results are retur
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +144,17 @@ class MegatronActor:
         self.optimizer.zero_grad()
 
     def _optimizer_step(self) -> dict[str, float]:
+        t0 = time.perf_counter()
         ok, grad_norm, _ = self.optimizer.step()
         if not ok:
             raise RuntimeError("optimizer step was skipped (non-finite gradients)")
         self.scheduler.step(increment=1)
         self.step_count += 1
-        return {"grad_norm": float(grad_norm), "lr": float(self.optimizer.param_groups[0]["lr"])}
+        return {
+            "grad_norm": float(grad_norm),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "optimizer_seconds": time.perf_counter() - t0,
+        }
 
     def _reduce_metrics(self, stores: list[dict[str, Any]]) -> dict[str, float]:
         """Sum per-micro-batch metric dicts, all-reduce over DP (last stage), broadcast to all PP stages."""

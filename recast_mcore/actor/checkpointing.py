@@ -76,7 +76,7 @@ def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any])
         directory.parent.mkdir(parents=True, exist_ok=True)
         if tmp.exists():
             shutil.rmtree(tmp)
-        (tmp / "rng").mkdir(parents=True)
+        tmp.mkdir(parents=True)  # empty: dist_checkpointing warns about (and overwrites) non-empty dirs
     dist.barrier()
     sharded = _model_sharded(actor)
     sharded["optimizer"] = actor.optimizer.sharded_state_dict(sharded, metadata=_optimizer_metadata(actor))
@@ -84,6 +84,7 @@ def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any])
     sharded["trainer_state"] = dict(trainer_state)
     sharded["layout"] = _layout()
     dist_checkpointing.save(sharded, str(tmp))
+    (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank_{dist.get_rank()}.pt")
     dist.barrier()
     if dist.get_rank() == 0:

@@ -5,10 +5,11 @@ Peak memory:
   update (bytes held by tensors at the peak, the allocator's own view).
 - CPU: peak resident-set-size DELTA of this process, measured by a background thread sampling
   ``psutil.Process().memory_info().rss`` every ``interval_s`` (default 1 ms) during the update:
-  ``peak_rss - rss_at_start``. It counts what the update newly touched (activations, grads, optimizer
-  temporaries; freed-and-reused memory is not double counted). Sampling can miss a spike shorter than
-  the interval; the allocator may keep freed pages resident, so a second identical update can show a
-  smaller delta. It is an honest measured quantity, not an estimate.
+  ``peak_rss - rss_at_start``, after glibc ``malloc_trim(0)`` returned freed heap pages to the OS at
+  the start (otherwise pages freed by an earlier, bigger update stay resident and hide this one's
+  usage). It counts what the update newly touched (activations, grads, optimizer temporaries).
+  Sampling can miss a spike shorter than the interval, and memory the allocator keeps mapped (e.g.
+  persistent gradient buffers) is not in the delta. It is a measured quantity, not an estimate.
 
 Model FLOPs (Megatron-LM / PaLM convention, causal masking not discounted), per sequence of length S
 with d = hidden, L = layers, h = head_dim, nq/ng = query/KV heads, f = ffn hidden, V = vocab:
@@ -21,6 +22,7 @@ comes from ``PEAK_TFLOPS`` by device name and dtype; MFU is None on CPU or an un
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from dataclasses import dataclass, field
@@ -59,10 +61,30 @@ def peak_flops_per_device(dtype: str) -> float | None:
     return None
 
 
+def _release_free_heap() -> None:
+    """glibc ``malloc_trim(0)``: return freed heap pages to the OS so the RSS baseline is honest.
+
+    Without it, memory freed by an earlier (bigger) update stays resident and a later update that
+    reuses it shows a near-zero RSS delta. No-op where glibc is absent.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
+
+
 class _RssSampler:
     """Background thread recording the max RSS of this process (CPU peak-memory measurement)."""
 
     def __init__(self, interval_s: float) -> None:
+        _release_free_heap()
         self.interval_s = interval_s
         self.proc = psutil.Process()
         self.start_rss = self.proc.memory_info().rss
