@@ -8,6 +8,7 @@ computes its data-parallel share (see actor/microbatch.py) and results are retur
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,9 @@ class MegatronActor:
 
     @property
     def seq_multiple(self) -> int:
-        return self.parallel_cfg.tensor_parallel if self.parallel_cfg.sequence_parallel else 1
+        """Sequence length multiple: TP size with sequence parallelism; 16 with FP8 (TE GEMM shape rule)."""
+        tp = self.parallel_cfg.tensor_parallel if self.parallel_cfg.sequence_parallel else 1
+        return math.lcm(tp, 16 if self.model_cfg.fp8 != "none" else 1)
 
     @property
     def micro_batches_multiple(self) -> int:
@@ -161,9 +164,9 @@ class MegatronActor:
         sums: dict[str, float] = {}
         if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             keys = sorted(k for k in stores[0] if k != "logprobs")
-            vec = torch.tensor([sum(float(s[k]) for s in stores) for k in keys], dtype=torch.float64)
+            vec = torch.tensor([sum(float(s[k]) for s in stores) for k in keys], dtype=torch.float64, device=_comm_device())
             dist.all_reduce(vec, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
-            sums = dict(zip(keys, vec.tolist()))
+            sums = dict(zip(keys, vec.cpu().tolist()))
         box = [sums]
         if self.parallel_cfg.pipeline_parallel > 1:
             dist.broadcast_object_list(

@@ -10,7 +10,7 @@ from recast_mcore.data.tokens import ItemVocab
 from recast_mcore.data.trie import ItemTrie
 from recast_mcore.signal.batch import Role, UpdateBatch
 
-TP_PP_LAYOUTS = {"tp1pp1": (1, 1, 1), "tp2": (2, 1, 1), "pp2": (1, 2, 1), "pp2vpp2": (1, 2, 2), "tp2pp2": (2, 2, 1), "dp2": (1, 1, 1)}
+TP_PP_LAYOUTS = {"tp1pp1": (1, 1, 1), "tp2": (2, 1, 1), "tp2only": (2, 1, 1), "pp2": (1, 2, 1), "pp2vpp2": (1, 2, 2), "tp2pp2": (2, 2, 1), "dp2": (1, 1, 1)}
 
 
 def catalog(num_items: int = 40, seed: int = 0) -> tuple[ItemVocab, ItemTrie]:
