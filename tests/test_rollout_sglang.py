@@ -14,6 +14,7 @@ import torch
 
 from recast_mcore.config.rollout import SamplingConfig, SGLangServerConfig, WeightSyncConfig
 from recast_mcore.rollout.catalog import ItemCatalog
+from recast_mcore.rollout.client import RequestRejected
 from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine
 from recast_mcore.rollout.testing import (
     constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, perturbed_state_dict, random_catalog,
@@ -79,6 +80,10 @@ def test_invalid_prompts_give_clear_errors(setup):
         engine.generate([[1, 4], [1, 10_000]], [[0], [0]], SamplingConfig(group_size=2))
     with pytest.raises(ValueError, match="prompt 0 is empty"):
         engine.beam_search([[]], beam_width=2)
+    too_long = [setup["vocab"].encode_prompt(list(range(40)) * 5)]  # 601 tokens > the model's 512 positions
+    with pytest.raises(RequestRejected, match="HTTP 400"):
+        engine.generate(too_long, [[0]], SamplingConfig(group_size=2))
+    assert engine.pool.restarts == 0  # a rejected request is not a server failure
 
 
 def test_weight_sync_disk_and_tensor_advance_the_version(setup):

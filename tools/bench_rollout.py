@@ -42,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--beam-width", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--server-threads", type=int, default=0, help="OMP_NUM_THREADS of the server (0 = inherit)")
+    p.add_argument("--servers", type=int, default=1, help="SGLang servers (data-parallel rollout)")
     return p.parse_args()
 
 
@@ -74,7 +75,7 @@ def bench_mask_100k() -> dict:
     catalog = ItemCatalog.from_vocab(vocab)
     build_s = time.perf_counter() - t0
     rows = vocab.item_tokens[torch.randperm(100_000)[:512], :2].tolist()
-    mask_s = timed(lambda: catalog.allowed_mask(rows), 5)
+    mask_s = timed(lambda: catalog.allowed_mask(rows), 20)
     return {"items": 100_000, "edges": int(catalog.tables["edge_key"].numel()), "build_s": build_s,
             "mask_512_rows_ms": 1e3 * mask_s}
 
@@ -100,12 +101,13 @@ def main() -> None:
     }
     torch_engine = TorchRolloutEngine(catalog, hf_logits_fn(model), batch_size=1024)
     results["engines"].append(bench_engine("torch (in-process)", torch_engine, prompts, sampling, args))
+    per_server = -(-args.prompts // args.servers)
     cfg = SGLangServerConfig(max_total_tokens=32768, omp_threads=args.server_threads, log_dir=str(root / "logs"),
-                             prompts_per_request=args.prompts)
+                             prompts_per_request=per_server, num_servers=args.servers)
     t0 = time.perf_counter()
     with SGLangRolloutEngine(cfg, WeightSyncConfig(), catalog, str(root / "hf"), work_dir=str(root / "work")) as eng:
         results["sglang_startup_s"] = time.perf_counter() - t0
-        results["engines"].append(bench_engine("sglang (1 server, HTTP)", eng, prompts, sampling, args))
+        results["engines"].append(bench_engine(f"sglang ({args.servers} server(s), HTTP)", eng, prompts, sampling, args))
     results["processor_mask_100k"] = bench_mask_100k()
     results["setup"]["loadavg_end"] = os.getloadavg()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ rotation while others remain (it cannot be restarted from here).
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,7 @@ class ServerPool:
         self.restarts = 0
         self._lock = threading.Lock()
         self._own_log_dir = not cfg.log_dir
+        self.had_failure = False  # keeps a temporary log directory after close() for inspection
         self.log_dir = Path(cfg.log_dir or tempfile.mkdtemp(prefix="recast-sglang-logs-"))
         self.servers: list[LaunchedServer | None] = []
         if cfg.mode == "launch":
@@ -69,6 +71,7 @@ class ServerPool:
         for t in threads:
             t.join()
         if errors:
+            self.had_failure = True
             self.close()
             raise errors[0]
 
@@ -124,6 +127,7 @@ class ServerPool:
             raise ServerUnavailable(f"the only attached SGLang server {client.url} stopped answering /health")
         if server.is_running() and client.healthy():
             return  # transient (e.g. a slow request); the retry goes to the same healthy server
+        self.had_failure = True
         model_path, version = self.current_weights()
         log.warning("SGLang server %s is dead or hung; restarting from %s (weight version %d)", client.url, model_path, version)
         server.restart(model_path, version)
@@ -143,9 +147,14 @@ class ServerPool:
         return f"\nlog tail of {server.log_path}:\n{log_tail(server.log_path)}" if server else ""
 
     def close(self) -> None:
+        """Stop launched servers; a temporary log directory is removed unless something failed."""
         for server in self.servers:
             if server is not None:
                 server.stop()
+        if self._own_log_dir and not self.had_failure:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
+        elif any(s is not None for s in self.servers):
+            log.info("SGLang server logs kept in %s", self.log_dir)
 
 
 def _start_into(server: LaunchedServer, errors: list[BaseException]) -> None:
