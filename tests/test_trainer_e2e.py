@@ -188,3 +188,21 @@ def test_recast_eval_cli_matches_the_runs_last_eval(workdir, recast_run):
     assert result["checkpoint"].endswith(f"rl_step_{STEPS:06d}")
     for key in ("pass@1", "recall@5", "ndcg@5"):
         assert result[key] == pytest.approx(last_eval[key], abs=1e-9)
+
+
+@pytest.mark.dist
+@pytest.mark.sglang
+def test_two_ranks_with_sglang_rollout(workdir):
+    """torchrun, 2 ranks (DP=2): rank 0 launches SGLang and rolls out, ReCast anchors are scored by both ranks
+    (collective actor.logprobs), the UpdateBatch is broadcast, weights reach the server through disk sync."""
+    config = _config(workdir, "dp2_sglang", rollout={
+        "engine": "sglang", "sampling": {"group_size": 4},
+        "sglang": {"max_total_tokens": 2048, "omp_threads": 1, "log_dir": str(workdir / "sglang_logs")},
+        "weight_sync": {"method": "disk"},
+    })
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "recast_mcore.trainer.cli", "--config", str(config)]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rl = _check_run_dir(workdir / "dp2_sglang", group_size=4, prompts=8)
+    assert [r["policy_version"] for r in rl] == [2, 3, 4, 5]  # 1 = after SFT, then one per update
