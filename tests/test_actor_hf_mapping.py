@@ -41,6 +41,7 @@ def test_qkv_grouping_matches_megatron_layout():
         _split_qkv(rows[:15], cfg)
 
 
+@pytest.mark.dist  # spawns a world-size-1 Megatron process
 @pytest.mark.parametrize("qk,tie", [(True, False), (False, True)])
 def test_export_roundtrip_and_logits_match_transformers(tmp_path, qk, tie):
     from recast_mcore.rollout.cpu_bridge import declare_torchvision_ops_in_process
