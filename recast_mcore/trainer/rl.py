@@ -30,8 +30,9 @@ def run_rl(job) -> None:
         batch, rollout = collect_update_batch(job, prompts, step)
         rollout["rollout_time_s"] = time.perf_counter() - start
         actor_metrics, actor_time = update_actor(job.actor, batch)
-        st.policy_version += 1
-        push_weights(job.engine, job.cfg.rollout, job.actor, job.cfg.model, job.dataset.vocab.vocab_size, st.policy_version)
+        if batch.num_sequences:  # the weights changed: serve them as the next policy version
+            st.policy_version += 1
+            push_weights(job.engine, job.cfg.rollout, job.actor, job.cfg.model, job.dataset.vocab.vocab_size, st.policy_version)
         st.rl_step, st.rollout_budget = step, st.rollout_budget + int(rollout["rollouts"])
         log_rl_step(job, step, rollout, batch, actor_metrics, actor_time)
         if due(step, cfg.eval_every, cfg.steps):
