@@ -196,5 +196,23 @@ def test_killed_server_is_restarted_and_the_batch_completes(setup):
     _check_groups_against_reference(setup, groups, 3)
 
 
+def test_attach_mode_uses_a_running_server(setup, tmp_path):
+    """Attach to the fixture's server (no new start-up): it is loaded from model_dir and labelled with the version."""
+    engine = setup["engine"]
+    engine.sync_cfg = WeightSyncConfig(method="disk")  # a snapshot of exactly the weights being served
+    engine.update_weights(setup["model"].state_dict(), engine.policy_version + 1)
+    cfg = SGLangServerConfig(mode="attach", urls=[engine.pool.clients[0].url], request_timeout_s=60)
+    version = engine.policy_version
+    attached = SGLangRolloutEngine(cfg, WeightSyncConfig(), setup["catalog"], engine.model_path,
+                                   work_dir=str(tmp_path), initial_version=version)
+    try:
+        groups = attached.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=2))
+        assert groups.policy_version == version
+        _check_groups_against_reference(setup, groups, 2)
+    finally:
+        attached.close()
+    assert engine.pool.servers[0].is_running()  # closing an attached engine leaves the server alone
+
+
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "actor-worker":
     _actor_worker(sys.argv[2])

@@ -261,3 +261,32 @@ def test_pool_spreads_chunks_and_retries_a_hung_request_exactly_once():
     finally:
         for s in servers:
             s.shutdown()
+
+
+def test_a_sample_from_another_weight_version_is_rejected():
+    from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine, StaleWeightsError
+
+    engine = object.__new__(SGLangRolloutEngine)  # only the version check, no servers
+    engine.policy_version = 3
+    engine._check_version({"weight_version": "3"})
+    with pytest.raises(StaleWeightsError, match="weight version '2', engine serves 3"):
+        engine._check_version({"weight_version": "2"})
+    with pytest.raises(StaleWeightsError, match="'default'"):
+        engine._check_version({"weight_version": "default"})  # a server nobody labelled
+
+
+def test_weights_that_do_not_fit_the_served_model_are_rejected_before_sync(tmp_path, model):
+    from recast_mcore.rollout.weight_sync import check_matches_template, template_shapes, write_snapshot
+
+    model.save_pretrained(str(tmp_path / "hf"))
+    shapes = template_shapes(tmp_path / "hf")
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    check_matches_template(good, shapes)
+    snap = write_snapshot(good, tmp_path / "hf", tmp_path / "v1")
+    assert (snap / "config.json").is_file() and template_shapes(snap) == shapes
+    bad = dict(good)
+    bad["lm_head.weight"] = bad["lm_head.weight"][:-1]
+    del bad["model.norm.weight"]
+    bad["model.extra.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError, match=r"(?s)missing \['model.norm.weight'\].*unexpected \['model.extra.weight'\].*lm_head"):
+        check_matches_template(bad, shapes)

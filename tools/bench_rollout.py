@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -102,12 +103,13 @@ def main() -> None:
     torch_engine = TorchRolloutEngine(catalog, hf_logits_fn(model), batch_size=1024)
     results["engines"].append(bench_engine("torch (in-process)", torch_engine, prompts, sampling, args))
     per_server = -(-args.prompts // args.servers)
-    cfg = SGLangServerConfig(max_total_tokens=32768, omp_threads=args.server_threads, log_dir=str(root / "logs"),
+    cfg = SGLangServerConfig(max_total_tokens=32768, omp_threads=args.server_threads,  # logs kept only on failure
                              prompts_per_request=per_server, num_servers=args.servers)
     t0 = time.perf_counter()
     with SGLangRolloutEngine(cfg, WeightSyncConfig(), catalog, str(root / "hf"), work_dir=str(root / "work")) as eng:
         results["sglang_startup_s"] = time.perf_counter() - t0
         results["engines"].append(bench_engine(f"sglang ({args.servers} server(s), HTTP)", eng, prompts, sampling, args))
+    shutil.rmtree(root, ignore_errors=True)
     results["processor_mask_100k"] = bench_mask_100k()
     results["setup"]["loadavg_end"] = os.getloadavg()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -42,12 +42,13 @@ class ServerPool:
         self.current_weights = current_weights
         self.after_restart = after_restart
         self.restarts = 0
+        self._rotation = 0
         self._lock = threading.Lock()
-        self._own_log_dir = not cfg.log_dir
+        self._own_log_dir = cfg.mode == "launch" and not cfg.log_dir
         self.had_failure = False  # keeps a temporary log directory after close() for inspection
-        self.log_dir = Path(cfg.log_dir or tempfile.mkdtemp(prefix="recast-sglang-logs-"))
         self.servers: list[LaunchedServer | None] = []
         if cfg.mode == "launch":
+            self.log_dir = Path(cfg.log_dir or tempfile.mkdtemp(prefix="recast-sglang-logs-"))
             for i in range(cfg.num_servers):
                 port = cfg.base_port + i if cfg.base_port else 0
                 self.servers.append(LaunchedServer(cfg, model_dir, self.log_dir / f"server{i}.log", port, weight_version))
@@ -97,7 +98,8 @@ class ServerPool:
     def _round(self, pending, payloads, call, results) -> dict[int, tuple[int, BaseException]]:
         if not self.live:
             raise ServerUnavailable("no SGLang server is left in rotation")
-        assign = {idx: self.live[k % len(self.live)] for k, idx in enumerate(pending)}
+        start, self._rotation = self._rotation, self._rotation + len(pending)  # balance small maps too
+        assign = {idx: self.live[(start + k) % len(self.live)] for k, idx in enumerate(pending)}
         failed: dict[int, tuple[int, BaseException]] = {}
         workers = min(len(pending), 4 * len(self.live))
 

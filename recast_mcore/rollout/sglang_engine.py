@@ -9,7 +9,8 @@ Beam search: per level, one query per (prompt, beam) with ``max_new_tokens = 1``
 ``token_ids_logprob = allowed(prefix)``; the prompt prefix is shared through SGLang's radix cache;
 renormalization over the allowed set happens in ``beam.constrained_beam_search``.
 
-Versions: servers are launched with ``--weight-version v`` and every update passes ``weight_version``;
+Versions: servers are launched with ``--weight-version v`` (attached servers are loaded from ``model_dir`` and
+labelled ``v`` with ``/update_weights_from_disk`` at construction) and every update passes ``weight_version``;
 each returned sample reports the version it came from and a mismatch raises (no stale sample is ever
 labelled as the current policy).
 """
@@ -31,7 +32,9 @@ from recast_mcore.rollout.client import SGLangClient
 from recast_mcore.rollout.pool import ServerPool
 from recast_mcore.rollout.trie_processor import trie_processor_string
 from recast_mcore.rollout.types import BeamResults, RolloutGroups
-from recast_mcore.rollout.weight_sync import serialize_named_tensors, write_snapshot
+from recast_mcore.rollout.weight_sync import (
+    check_matches_template, serialize_named_tensors, template_shapes, write_snapshot,
+)
 
 
 class StaleWeightsError(RuntimeError):
@@ -52,11 +55,16 @@ class SGLangRolloutEngine:
         self.model_path = str(model_dir)  # what a (re)started server loads: the newest disk snapshot
         self.policy_version = initial_version
         self._last_tensor_state: dict[str, torch.Tensor] | None = None
+        self._template_shapes: dict[str, tuple[int, ...]] | None = None
         self.trie_path = str(catalog.save(self.work_dir / "trie"))
         self.processor = trie_processor_string()
         self.pool = ServerPool(server_cfg, self.model_path, initial_version,
                                current_weights=lambda: (self.model_path, self.policy_version),
                                after_restart=self._after_restart)
+        if server_cfg.mode == "attach":
+            # Servers started by the user: make them serve exactly model_dir, labelled initial_version
+            # (shared filesystem, as for disk sync).
+            self.pool.broadcast(lambda c: c.update_weights_from_disk(self.model_path, initial_version))
 
     # ---- sampling -------------------------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], targets: list[list[int]], sampling: SamplingConfig) -> RolloutGroups:
@@ -162,6 +170,9 @@ class SGLangRolloutEngine:
             raise ValueError("the SGLang engine needs the HF-layout state dict (see checkpoint/hf_mapping.py)")
         if version <= self.policy_version:
             raise ValueError(f"weight version must increase: {version} <= current {self.policy_version}")
+        if self._template_shapes is None:
+            self._template_shapes = template_shapes(self.initial_model_dir)
+        check_matches_template(hf_state_dict, self._template_shapes)  # a wrong tensor would kill the server
         if self.sync_cfg.method == "disk":
             snapshot = self._snapshot_dir(version)
             write_snapshot(hf_state_dict, self.initial_model_dir, snapshot)

@@ -29,6 +29,35 @@ def check_state_dict(hf_state_dict: dict[str, torch.Tensor]) -> None:
         raise ValueError(f"hf_state_dict values must be tensors; not tensors: {bad[:5]}")
 
 
+def template_shapes(template_dir: str | Path) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of every tensor in the ``*.safetensors`` files of an exported HF directory."""
+    from safetensors import safe_open
+
+    files = sorted(Path(template_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{template_dir} has no *.safetensors weights to check the new weights against")
+    shapes = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for name in handle.keys():
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def check_matches_template(hf_state_dict: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]]) -> None:
+    """Raise a ValueError listing missing/unexpected names and shape mismatches (SGLang would crash on them)."""
+    check_state_dict(hf_state_dict)
+    missing = sorted(set(shapes) - set(hf_state_dict))
+    unexpected = sorted(set(hf_state_dict) - set(shapes))
+    wrong = [f"{k}: {tuple(v.shape)} != {shapes[k]}" for k, v in hf_state_dict.items()
+             if k in shapes and tuple(v.shape) != shapes[k]]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            "new weights do not match the served model's layout: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
+        )
+
+
 def write_snapshot(hf_state_dict: dict[str, torch.Tensor], template_dir: str | Path, out_dir: str | Path) -> Path:
     """Write a loadable HF directory: template's non-weight files + ``model.safetensors``; atomic rename."""
     check_state_dict(hf_state_dict)
