@@ -25,12 +25,27 @@ pytestmark = pytest.mark.sglang
 TOL = 1e-4
 
 
+def _actor_model_cfg():
+    """The Megatron/HF shape of ``make_tiny_llama``'s defaults (Llama layout, untied, 512 positions)."""
+    from recast_mcore.config.actor import ModelConfig
+
+    return ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
+                       qk_layernorm=False, tie_embeddings=False, rotary_base=10000, norm_epsilon=1e-6,
+                       max_seq_len=512, init_method_std=0.2)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("sglang")
     vocab = random_catalog(40, [6, 5, 4], seed=3)
     catalog = ItemCatalog.from_vocab(vocab)
-    model = make_tiny_llama(root / "hf", vocab.vocab_size)
+    model = make_tiny_llama(root / "hf_raw", vocab.vocab_size)
+    # The server starts from the project's own export (config.json, safetensors, WordLevel tokenizer of the
+    # item tokens), exactly what the trainer hands the engine at the first launch.
+    from recast_mcore.checkpoint.hf_mapping import export_hf_dir
+
+    export_hf_dir(root / "hf", model.state_dict(), _actor_model_cfg(), vocab.token_strings,
+                  pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
     cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(root / "logs"), request_timeout_s=60)
     engine = SGLangRolloutEngine(cfg, WeightSyncConfig(method="disk"), catalog, str(root / "hf"),
                                  work_dir=str(root / "work"))
@@ -112,14 +127,12 @@ def _actor_worker(out: str) -> None:
     from recast_mcore.actor.actor import MegatronActor
     from recast_mcore.actor.parallel import destroy_distributed, initialize_distributed
     from recast_mcore.checkpoint.hf_mapping import mcore_to_hf
-    from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
+    from recast_mcore.config.actor import OptimConfig, ParallelConfig
     from recast_mcore.data.trie import ItemTrie
 
     out = Path(out)
     vocab = random_catalog(40, [6, 5, 4], seed=3)
-    model_cfg = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
-                            num_query_groups=2, qk_layernorm=False, tie_embeddings=False, rotary_base=10000,
-                            norm_epsilon=1e-6, max_seq_len=64, init_method_std=0.2)
+    model_cfg = _actor_model_cfg()
     parallel_cfg = ParallelConfig()
     initialize_distributed(parallel_cfg)
     trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)

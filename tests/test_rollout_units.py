@@ -206,7 +206,7 @@ class _FakeSGLang(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        self.send_response(200)
+        self.send_response(503 if self.server.state.get("sick") else 200)
         self.end_headers()
 
     def do_POST(self):
@@ -218,6 +218,8 @@ class _FakeSGLang(BaseHTTPRequestHandler):
         if hang:
             time.sleep(2.0)
         code = 400 if self.path == "/bad" else 200
+        if state.get("sick"):
+            code = 503
         payload = json.dumps({"echo": body, "port": self.server.server_port}).encode()
         try:
             self.send_response(code)
@@ -290,3 +292,34 @@ def test_weights_that_do_not_fit_the_served_model_are_rejected_before_sync(tmp_p
     bad["model.extra.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match=r"(?s)missing \['model.norm.weight'\].*unexpected \['model.extra.weight'\].*lm_head"):
         check_matches_template(bad, shapes)
+
+
+class _StubLaunched:
+    """Stands in for a LaunchedServer whose process is alive; restart() heals the fake HTTP server."""
+
+    def __init__(self, fake):
+        self.fake, self.restarted_with, self.log_path = fake, [], None
+
+    def is_running(self):
+        return True
+
+    def restart(self, model_path, weight_version):
+        self.restarted_with.append((model_path, weight_version))
+        self.fake.state["sick"] = False
+
+
+def test_pool_restarts_a_launched_server_that_stopped_answering_with_the_current_weights():
+    (fake,) = _fake_servers(1, hang=0)
+    try:
+        resynced = []
+        cfg = SGLangServerConfig(mode="attach", urls=[f"http://127.0.0.1:{fake.server_port}"], request_timeout_s=2)
+        pool = ServerPool(cfg, "", 0, current_weights=lambda: ("/snapshots/v7", 7), after_restart=resynced.append)
+        stub = _StubLaunched(fake)
+        pool.servers[0] = stub
+        fake.state["sick"] = True  # alive process, but /generate and /health answer 503
+        out = pool.map([1, 2], lambda client, p: client.post("/generate", {"p": p}))
+        assert [r["echo"]["p"] for r in out] == [1, 2]
+        assert stub.restarted_with == [("/snapshots/v7", 7)] and pool.restarts == 1
+        assert [c.url for c in resynced] == [pool.clients[0].url]  # tensor sync would re-push here
+    finally:
+        fake.shutdown()
