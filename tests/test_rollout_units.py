@@ -323,3 +323,17 @@ def test_pool_restarts_a_launched_server_that_stopped_answering_with_the_current
         assert [c.url for c in resynced] == [pool.clients[0].url]  # tensor sync would re-push here
     finally:
         fake.shutdown()
+
+
+@pytest.mark.gpu
+def test_processor_masks_cuda_logits_like_cpu(tmp_path, catalog):
+    import dill
+
+    cls = dill.loads(bytes.fromhex(json.loads(trie_processor_string())["callable"]))
+    path = str(catalog.save(tmp_path))
+    prefixes = [[], catalog.item_tokens[3, :2].tolist()]
+    params = [{"trie_path": path, "__req__": SimpleNamespace(output_ids=p)} for p in prefixes]
+    logits = torch.randn(2, catalog.vocab_size + 5, device="cuda")
+    out = cls()(logits.clone(), params)
+    assert out.device.type == "cuda"
+    assert torch.equal(torch.isfinite(out).cpu()[:, : catalog.vocab_size], catalog.allowed_mask(prefixes))
