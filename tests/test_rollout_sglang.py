@@ -197,6 +197,11 @@ def test_sglang_logprobs_equal_megatron_actor_after_sync(setup, tmp_path):
 
 def test_killed_server_is_restarted_and_the_batch_completes(setup):
     engine = setup["engine"]
+    # Last sync by tensor: the restarted server loads the newest snapshot, then must get these tensors re-pushed.
+    engine.sync_cfg = WeightSyncConfig(method="tensor")
+    new_weights = perturbed_state_dict(setup["model"], scale=0.05, seed=11)
+    setup["model"].load_state_dict(new_weights)
+    engine.update_weights(new_weights, engine.policy_version + 1)
     version = engine.policy_version
     restarts = engine.pool.restarts
     engine.pool.servers[0].kill()

@@ -177,6 +177,7 @@ class SGLangRolloutEngine:
             snapshot = self._snapshot_dir(version)
             write_snapshot(hf_state_dict, self.initial_model_dir, snapshot)
             self.model_path, self.policy_version = str(snapshot), version
+            self._last_tensor_state = None  # a restarted server gets everything from the snapshot
             self.pool.broadcast(lambda c: c.update_weights_from_disk(self.model_path, version))
             self._prune_snapshots(snapshot.parent)
         else:
@@ -186,8 +187,8 @@ class SGLangRolloutEngine:
             self.pool.broadcast(lambda c: c.update_weights_from_tensor(payload, version))
 
     def _after_restart(self, client: SGLangClient) -> None:
-        """A restarted server loaded ``self.model_path``; tensor sync must re-push the latest weights."""
-        if self.sync_cfg.method == "tensor" and self._last_tensor_state is not None:
+        """A restarted server loaded ``self.model_path``; if the last sync was by tensor, re-push those weights."""
+        if self._last_tensor_state is not None:
             client.update_weights_from_tensor(serialize_named_tensors(self._last_tensor_state), self.policy_version)
 
     def _snapshot_dir(self, version: int) -> Path:
