@@ -216,7 +216,7 @@ class _FakeSGLang(BaseHTTPRequestHandler):
             state["calls"] += 1
             hang = state["calls"] <= state["hang"]
         if hang:
-            time.sleep(2.0)
+            time.sleep(3.0)
         code = 400 if self.path == "/bad" else 200
         if state.get("sick"):
             code = 503
@@ -240,7 +240,7 @@ def _fake_servers(n: int, hang: int):
     return servers
 
 
-def _attach_pool(servers, timeout_s=0.5, retries=2):
+def _attach_pool(servers, timeout_s=1.0, retries=2):
     cfg = SGLangServerConfig(mode="attach", urls=[f"http://127.0.0.1:{s.server_port}" for s in servers],
                              request_timeout_s=timeout_s, max_retries=retries)
     return ServerPool(cfg, "", 0, current_weights=lambda: ("", 0), after_restart=lambda c: None)
