@@ -26,9 +26,10 @@ def test_plan_update_keeps_groups_whole_and_shapes_equal():
     assert len(plans[0].micro_batches) == len(plans[1].micro_batches)  # same K on every DP rank
     seen = []
     for plan in plans:
-        assert plan.rows == 6
+        # DP shares: 2 and 3 groups of 4; budget 6 rows -> K=3 micro-batches of one group each
+        assert plan.rows == 4 and len(plan.micro_batches) == 3
         for mb in plan.micro_batches:
-            assert mb.num_sequences == 6
+            assert mb.num_sequences == 4  # equal size (pipeline schedules need it); rank 0's 3rd is all PAD
             real = mb.group_index[mb.roles != Role.PAD].tolist()
             for g in set(real):
                 assert real.count(g) == 4  # a group is never split
@@ -36,6 +37,16 @@ def test_plan_update_keeps_groups_whole_and_shapes_equal():
             pad = mb.roles == Role.PAD
             assert not mb.token_mask[pad].any() and not mb.weights[pad].any()
     assert sorted(seen) == sorted(batch.group_index.tolist())  # every row trained exactly once
+
+
+def test_plan_update_balances_instead_of_padding_to_the_budget():
+    from recast_mcore.actor.microbatch import plan_update
+
+    vocab, _ = catalog()
+    batch = grpo_batch(vocab, groups=8, group_size=16, seed=0)  # 128 rows, budget 117 rows
+    plan = plan_update(batch, 1, 0, micro_batch_size=117, max_tokens_per_micro_batch=0, equal_rows=False)
+    assert [mb.num_sequences for mb in plan.micro_batches] == [64, 64]  # not 117 + 117 padded
+    assert not any((mb.roles == Role.PAD).any() for mb in plan.micro_batches)
 
 
 def test_plan_update_contrast_pairs_stay_inside_micro_batches():

@@ -228,6 +228,7 @@ class MegatronActor:
             max_tokens_per_micro_batch=self.parallel_cfg.max_tokens_per_micro_batch,
             seq_multiple=self.seq_multiple,
             num_micro_batches_multiple=self.micro_batches_multiple,
+            equal_rows=self.parallel_cfg.pipeline_parallel > 1,
         )
         mbs = [
             MicroBatch(pack_rows(mb.prompt_ids, mb.responses, plan.seq_len, PAD_ID), policy_batch=mb) for mb in plan.micro_batches
@@ -241,7 +242,7 @@ class MegatronActor:
             raise RuntimeError(f"policy loss '{batch.loss_name}' has sum(denom)=0 over the step: nothing to train on")
         sums["micro_batches"] = float(len(mbs))
         sums["micro_batch_rows"] = float(plan.rows)
-        return sums, len(mbs) * plan.rows
+        return sums, sum(mb.rows.tokens.shape[0] for mb in mbs)
 
     def update(self, batch: UpdateBatch) -> dict[str, float]:
         """Forward + backward + optimizer step on an UpdateBatch of any size; metrics on all ranks.

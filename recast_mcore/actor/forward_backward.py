@@ -36,6 +36,7 @@ from functools import partial
 from typing import Any, Literal
 
 import torch
+from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from recast_mcore.actor.microbatch import PackedRows
@@ -134,11 +135,16 @@ def run_micro_batches(
     forward_only: bool,
 ) -> list[dict[str, Any]]:
     """Run all micro-batches through the pipeline schedule; returns the per-micro-batch metric dicts
-    (non-empty on the last pipeline stage only). All micro-batches must have the same [b, S]."""
+    (non-empty on the last pipeline stage only). With pipeline parallelism all micro-batches must have
+    the same [b, S] (fixed p2p buffer shapes); without it only S must agree."""
     b, s = micro_batches[0].rows.tokens.shape
+    pipelined = len(model_chunks) > 1 or not (
+        parallel_state.is_pipeline_first_stage(ignore_virtual=True) and parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+    )
     for mb in micro_batches:
-        if tuple(mb.rows.tokens.shape) != (b, s):
-            raise ValueError(f"micro-batch shape {tuple(mb.rows.tokens.shape)} != {(b, s)} (the schedule needs equal shapes)")
+        mb_b, mb_s = mb.rows.tokens.shape
+        if mb_s != s or (pipelined and mb_b != b):
+            raise ValueError(f"micro-batch shape {(mb_b, mb_s)} != {(b, s)} (pipeline schedules need equal shapes)")
     step = partial(_forward_step, kind, trie, vocab_size)
     iters = [iter(micro_batches) for _ in model_chunks]
     return get_forward_backward_func()(

@@ -12,14 +12,18 @@ p2p buffers have a fixed shape), rounded up to ``seq_multiple`` (TP size with se
 Update plan (``plan_update``), for an UpdateBatch of N rows in groups (rows of one prompt):
 
 1. Data parallel: ``batch.group_partition(dp)`` gives each DP rank whole groups (~N/dp rows each).
-2. Micro-batch size M (rows): ``micro_batch_size`` if set, else ``min(max_tokens_per_micro_batch // S,
+2. Row budget per micro-batch: ``micro_batch_size`` if set, else ``min(max_tokens_per_micro_batch // S,
    largest DP share)``; never below the largest group (a group is never split).
-3. On each DP rank its groups are packed greedily, in order, into micro-batches of <= M rows.
-4. Padding: every micro-batch is padded to exactly M rows with PAD rows, and every DP rank to the same
-   number K of micro-batches (the max over ranks; a multiple of PP with the interleaved schedule) with
-   all-PAD micro-batches. PAD rows carry zero weight, no counted tokens and no pairs, so the policy loss
-   gives them exactly zero ``loss_sum`` and ``denom``; their tokens are a copy of a real row so the
-   trie mask is defined.
+3. K = the number of micro-batches a greedy in-order packing of whole groups under that budget needs
+   (max over DP ranks; rounded up to a multiple of PP with the interleaved schedule). Each rank's groups
+   are then re-split into exactly K near-equal parts (a group goes to the part its middle row falls in;
+   a part can exceed the budget by less than one group). Balancing matters: padding every micro-batch
+   to a greedy budget wasted up to 45% of the compute in the G=64 benchmark.
+4. Padding: with pipeline parallelism (p2p buffers have a fixed shape) every micro-batch is padded to
+   the same M rows (the largest part over all ranks); without it micro-batches keep their own size and
+   only an empty part becomes a single PAD row. PAD rows carry zero weight, no counted tokens and no
+   pairs, so the policy loss gives them exactly zero ``loss_sum`` and ``denom``; their tokens are a copy
+   of a real row so the trie mask is defined.
 5. Loss normalization (Megatron ``calculate_per_token_loss=True``): each micro-batch returns
    ``(loss_sum, denom)``; the schedule sums them over micro-batches, ``finalize_model_grads`` all-reduces
    ``sum(denom)`` over DP and scales every gradient by ``1 / sum(denom)``. So the step's gradient is the
@@ -149,8 +153,9 @@ def plan_update(
     max_tokens_per_micro_batch: int,
     seq_multiple: int = 1,
     num_micro_batches_multiple: int = 1,
+    equal_rows: bool = True,
 ) -> UpdatePlan:
-    """Split ``batch`` for this DP rank into equal-size micro-batches of whole groups (see module doc)."""
+    """Split ``batch`` for this DP rank into micro-batches of whole groups (see module doc)."""
     n = batch.num_sequences
     real = batch.roles != Role.PAD
     if n == 0 or not bool(real.any()):
@@ -161,17 +166,34 @@ def plan_update(
     budget = micro_batch_rows(1, seq_len, micro_batch_size, max_tokens_per_micro_batch)
     if micro_batch_size <= 0:  # no fixed size: never pad beyond the largest DP share
         budget = min(budget, max(len(p) for p in parts))
-    m = max(budget, max(e - s for s, e in groups))
-    per_rank = [pack_groups(p.tolist(), batch.group_index, m) for p in parts]
-    k = max(1, max(len(c) for c in per_rank))
+    budget = max(budget, max(e - s for s, e in groups))
+    greedy = [pack_groups(p.tolist(), batch.group_index, budget) for p in parts]
+    k = max(1, max(len(c) for c in greedy))
     k = -(-k // num_micro_batches_multiple) * num_micro_batches_multiple
+    per_rank = [balance_groups(p.tolist(), batch.group_index, k) for p in parts]
     first = int(torch.nonzero(real)[0])
     donor = (batch.prompt_ids[first], batch.responses[first])
     mine = per_rank[dp_rank]
-    micro = [_pad_micro_batch(batch.select(rows), m, *donor) for rows in mine]
-    empty = _pad_micro_batch(batch.select([]), m, *donor)
-    micro += [empty] * (k - len(micro))
+    if equal_rows:
+        m = max(1, max(len(rows) for chunks in per_rank for rows in chunks))
+        micro = [_pad_micro_batch(batch.select(rows), m, *donor) for rows in mine]
+    else:  # no pipeline: micro-batches may differ in size; only empty ones get a single PAD row
+        m = max(1, max((len(rows) for rows in mine), default=1))
+        micro = [_pad_micro_batch(batch.select(rows), max(len(rows), 1), *donor) for rows in mine]
     return UpdatePlan(micro, m, seq_len, [int(real[p].sum()) for p in parts])
+
+
+def balance_groups(rows: list[int], group_index: torch.Tensor, k: int) -> list[list[int]]:
+    """Whole groups (in order) into exactly k parts of near-equal row counts: a group goes to the part its
+    middle row falls in (as UpdateBatch.group_partition). A part can exceed n/k by less than one group."""
+    parts: list[list[int]] = [[] for _ in range(k)]
+    if not rows:
+        return parts
+    sub = group_index[torch.as_tensor(rows, dtype=torch.long)]
+    n = len(rows)
+    for start, end in _group_ranges(sub):
+        parts[min(k - 1, (start + end) * k // (2 * n))].extend(rows[start:end])
+    return parts
 
 
 def plan_rows(n: int, dp_size: int, dp_rank: int, m: int) -> list[list[int]]:
