@@ -82,10 +82,10 @@ class ParallelConfig:
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend: auto = nccl with CUDA, gloo without."""
     micro_batch_size: int = 0
-    """Sequences per micro-batch (rounded to whole groups); 0 = one micro-batch per pipeline stage-ful of
-    groups is chosen automatically (see actor/microbatch.py)."""
+    """Row budget of a micro-batch (whole groups; never below the largest group); 0 = derive it from
+    max_tokens_per_micro_batch (see actor/microbatch.py)."""
     max_tokens_per_micro_batch: int = 4096
-    """Upper bound on padded tokens (sequences * length) in one micro-batch when micro_batch_size is 0."""
+    """When micro_batch_size is 0: the row budget is this // the step's padded sequence length."""
     seed: int = 1234
     """Seed for parameter init and the tensor-parallel RNG tracker."""
 

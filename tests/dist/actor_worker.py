@@ -96,6 +96,17 @@ def run_layout(name: str, out: Path) -> None:
         extra["distributed_optimizer"] = True
     actor, vocab, _ = _build(tp, pp, vpp, **extra)
     compare_layout(actor, vocab, name, out)
+    if name == "pp2vpp2":  # virtual-stage checkpoint: save -> perturb -> load is exact
+        saved = actor.full_state_dict()
+        actor.save(out / "ckpts_vpp" / "a", {"k": 1})
+        actor.load_full_state_dict(torch.load(out / "init.pt"))
+        state = actor.load(out / "ckpts_vpp")
+        reloaded = actor.full_state_dict()
+        if dist.get_rank() == 0:
+            result = json.loads((out / f"layout_{name}.json").read_text())
+            result["ckpt_reload_max_diff"] = _max_diff(saved, reloaded)[0]
+            result["ckpt_trainer_state"] = state
+            (out / f"layout_{name}.json").write_text(json.dumps(result))
     if name == "tp2":  # the same launch then runs the checkpoint flow (one launch per layout)
         run_ckpt(actor, vocab, out)
 
