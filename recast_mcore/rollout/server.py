@@ -22,6 +22,13 @@ from recast_mcore.config.rollout import SGLangServerConfig
 from recast_mcore.rollout.cpu_bridge import needs_cpu_bridges, server_env
 
 
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK",
+                 "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID",
+                 "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE",
+                 "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+"""Variables torchrun sets for the trainer's ranks; a launched SGLang server must not inherit them."""
+
+
 class ServerStartError(RuntimeError):
     """A launched SGLang server exited or never became healthy; the message carries its log tail."""
 
@@ -87,6 +94,9 @@ class LaunchedServer:
             raise RuntimeError(f"server at {self.url} is already running")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = server_env()
+        # launched from a torchrun rank: the server must not join the trainer's process group
+        for key in _TORCHRUN_ENV:
+            env.pop(key, None)
         env["SGLANG_RETURN_ORIGINAL_LOGPROB"] = "1"
         if self.cfg.omp_threads > 0:
             env["OMP_NUM_THREADS"] = str(self.cfg.omp_threads)
