@@ -107,6 +107,17 @@ def run_layout(name: str, out: Path) -> None:
             result["ckpt_reload_max_diff"] = _max_diff(saved, reloaded)[0]
             result["ckpt_trainer_state"] = state
             (out / f"layout_{name}.json").write_text(json.dumps(result))
+    if name == "dp2":  # DistributedOptimizer (dp_reshardable) resume at the same layout continues the run
+        actor.save(out / "ckpts_dp2" / "a", {"k": 2})
+        _train_steps(actor, vocab, range(5, 6))
+        before = actor.full_state_dict()  # weights after the step depend on the Adam moments too
+        actor.load(out / "ckpts_dp2")
+        _train_steps(actor, vocab, range(5, 6))
+        after = actor.full_state_dict()
+        if dist.get_rank() == 0:
+            result = json.loads((out / f"layout_{name}.json").read_text())
+            result["resume_weights_diff"] = _max_diff(before, after)[0]
+            (out / f"layout_{name}.json").write_text(json.dumps(result))
     if name == "tp2":  # the same launch then runs the checkpoint flow (one launch per layout)
         run_ckpt(actor, vocab, out)
 
