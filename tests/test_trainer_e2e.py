@@ -206,3 +206,18 @@ def test_two_ranks_with_sglang_rollout(workdir):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     rl = _check_run_dir(workdir / "dp2_sglang", group_size=4, prompts=8)
     assert [r["policy_version"] for r in rl] == [2, 3, 4, 5]  # 1 = after SFT, then one per update
+
+
+def test_rl_stage_starts_from_an_sft_checkpoint(workdir, recast_run):
+    """Either stage can start from a checkpoint: RL only, weights from the recast run's SFT checkpoint."""
+    init = recast_run / "checkpoints" / "sft_step_000004"
+    config = _config(workdir, "rl_only", sft={"enabled": False}, rl={"steps": 2, "init_checkpoint": str(init)})
+    proc = _train(config)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "initialized weights from" in proc.stdout + proc.stderr
+    records = _records(workdir / "rl_only")
+    assert [r["stage"] for r in records if r["stage"] != "eval"] == ["rl", "rl"]
+    first = [r for r in records if r["stage"] == "rl"][0]
+    reference = [r for r in _records(recast_run) if r["stage"] == "rl"][0]
+    # same weights and same step-1 seeds: the first rollout is the recast run's first rollout
+    assert first["reward_mean"] == reference["reward_mean"] and first["rollouts"] == reference["rollouts"]
