@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from recast_mcore.config.actor import ModelConfig, ParallelConfig
 from recast_mcore.config.base import to_dict

@@ -8,6 +8,7 @@ restored weights at the restored policy version.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,8 +83,7 @@ def preflight(cfg: RunConfig) -> tuple[PreparedDataset, StartPoint]:
 
 
 def is_rank0_env() -> bool:
-    import os
-
+    """Rank 0 as torchrun says, before the process group exists."""
     return os.environ.get("RANK", "0") == "0"
 
 
@@ -97,6 +97,7 @@ def build_actor(cfg: RunConfig, dataset: PreparedDataset) -> Any:
 
 
 def build_job(cfg: RunConfig) -> Job:
+    """Every rank: checks, actor, resume, engine (rank 0), logger (rank 0 writes)."""
     dataset, start = preflight(cfg)
     actor = build_actor(cfg, dataset)
     run_dir = Path(cfg.run_dir)
