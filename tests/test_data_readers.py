@@ -17,13 +17,7 @@ from recast_mcore.data.readers import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These ops are tiny; with 2 threads on a busy 2-core machine OpenMP spin-waits dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write(path, text):

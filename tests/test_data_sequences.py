@@ -2,19 +2,12 @@
 
 import numpy as np
 import pytest
-import torch
 
 from recast_mcore.data.readers import RawInteractions
 from recast_mcore.data.sequences import build_sequences, kcore_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These ops are tiny; with 2 threads on a busy 2-core machine OpenMP spin-waits dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def raw_from(rows, ratings=None):

@@ -9,13 +9,7 @@ from recast_mcore.data.tokens import EOS_ID, ItemVocab
 from recast_mcore.data.trie import ItemTrie
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These ops are tiny; with 2 threads on a busy 2-core machine OpenMP spin-waits dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_vocab(num_items: int, codes_per_level: list[int], seed: int = 0) -> ItemVocab:
