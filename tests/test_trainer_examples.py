@@ -40,7 +40,7 @@ def test_gpu_configs_have_layouts_and_fp8():
 def test_quickstart_data_section_is_what_recast_data_reads():
     raw = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
     assert raw["data"]["dataset"] == "synthetic"
-    assert load_config(RunConfig, EXAMPLES / "quickstart.yaml").rollout.engine == "torch"
+    assert load_config(RunConfig, EXAMPLES / "quickstart.yaml").rollout.engine == "sglang"  # the main job runs the production engine
 
 
 @pytest.mark.parametrize("script", ["quickstart.sh", "ml-100k.sh", "launch/torchrun_multinode.sh", "launch/slurm.sbatch"])
