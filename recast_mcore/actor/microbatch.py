@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from recast_mcore.signal.batch import Role, UpdateBatch
+from recast_mcore.signal.batch import Role, UpdateBatch, group_bounds
 
 
 @dataclass
@@ -90,22 +90,12 @@ def micro_batch_rows(max_group: int, seq_len: int, micro_batch_size: int, max_to
     return max(m, max_group, 1)
 
 
-def _group_ranges(group_index: torch.Tensor) -> list[tuple[int, int]]:
-    gi = group_index.tolist()
-    out, start = [], 0
-    for i in range(1, len(gi) + 1):
-        if i == len(gi) or gi[i] != gi[start] or gi[start] < 0:
-            out.append((start, i))
-            start = i
-    return out
-
-
 def pack_groups(rows: list[int], group_index: torch.Tensor, m: int) -> list[list[int]]:
     """Greedy in-order packing of whole groups (given as the row list ``rows``) into lists of <= m rows."""
     sub = group_index[torch.as_tensor(rows, dtype=torch.long)] if rows else group_index[:0]
     chunks: list[list[int]] = []
     current: list[int] = []
-    for start, end in _group_ranges(sub):
+    for start, end in group_bounds(sub):
         group = rows[start:end]
         if len(group) > m:
             raise ValueError(f"a group of {len(group)} rows does not fit a micro-batch of {m} rows")
@@ -161,7 +151,7 @@ def plan_update(
     if n == 0 or not bool(real.any()):
         raise ValueError("plan_update: the UpdateBatch has no real rows")
     seq_len = step_seq_len(batch.prompt_ids, batch.response_len, seq_multiple)
-    groups = _group_ranges(batch.group_index)
+    groups = group_bounds(batch.group_index)
     parts = batch.group_partition(dp_size)
     budget = micro_batch_rows(1, seq_len, micro_batch_size, max_tokens_per_micro_batch)
     if micro_batch_size <= 0:  # no fixed size: never pad beyond the largest DP share
@@ -191,7 +181,7 @@ def balance_groups(rows: list[int], group_index: torch.Tensor, k: int) -> list[l
         return parts
     sub = group_index[torch.as_tensor(rows, dtype=torch.long)]
     n = len(rows)
-    for start, end in _group_ranges(sub):
+    for start, end in group_bounds(sub):
         parts[min(k - 1, (start + end) * k // (2 * n))].extend(rows[start:end])
     return parts
 

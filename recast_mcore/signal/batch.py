@@ -197,7 +197,7 @@ class UpdateBatch:
             raise ValueError(f"group_partition: num_parts must be >= 1, got {num_parts}")
         parts: list[list[int]] = [[] for _ in range(num_parts)]
         n = self.num_sequences
-        for start, end in _group_bounds(self.group_index):
+        for start, end in group_bounds(self.group_index):
             # the group goes to the part its middle row falls in, so parts stay contiguous and balanced
             part = min(num_parts - 1, int((start + end) * num_parts // (2 * n)))
             parts[part].extend(range(start, end))
@@ -251,7 +251,7 @@ def _check(x: Any, name: str, shape: tuple[int, ...], dtype: torch.dtype | None,
         raise ValueError(f"UpdateBatch.{name} must be floating point, got {x.dtype}")
 
 
-def _group_bounds(group_index: torch.Tensor) -> list[tuple[int, int]]:
+def group_bounds(group_index: torch.Tensor) -> list[tuple[int, int]]:
     """[(start, end)) row ranges of consecutive equal ``group_index`` values (PAD rows: one range each)."""
     gi = group_index.tolist()
     bounds, start = [], 0
