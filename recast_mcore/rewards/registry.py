@@ -15,29 +15,13 @@ from collections.abc import Callable
 import torch
 
 from recast_mcore.config.signal import RewardConfig
+from recast_mcore.utils.registry import Registry
 
 RewardFn = Callable[[torch.Tensor, list[list[int]], torch.Tensor, RewardConfig], torch.Tensor]
 
-REWARDS: dict[str, RewardFn] = {}
-
-
-def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator adding a reward under ``name``; a duplicate name raises."""
-
-    def add(fn: RewardFn) -> RewardFn:
-        if name in REWARDS:
-            raise ValueError(f"reward '{name}' is already registered")
-        REWARDS[name] = fn
-        return fn
-
-    return add
-
-
-def get_reward(name: str) -> RewardFn:
-    """The registered reward ``name``; an unknown name raises listing the valid ones."""
-    if name not in REWARDS:
-        raise KeyError(f"unknown reward '{name}'; valid: {', '.join(sorted(REWARDS))}")
-    return REWARDS[name]
+REWARDS: Registry[RewardFn] = Registry("reward")
+register_reward = REWARDS.register
+get_reward = REWARDS.get
 
 
 def compute_rewards(

@@ -10,6 +10,7 @@ import torch
 from recast_mcore.config.rollout import RolloutConfig, SamplingConfig
 from recast_mcore.rollout.catalog import ItemCatalog
 from recast_mcore.rollout.types import BeamResults, RolloutGroups
+from recast_mcore.utils.registry import Registry
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 """``logits_fn(input_ids [B, S] int64) -> logits [B, S, V]`` (causal LM; right padding is safe)."""
@@ -49,29 +50,13 @@ class EngineResources:
 
 
 EngineBuilder = Callable[[RolloutConfig, EngineResources], RolloutEngine]
-_ENGINES: dict[str, EngineBuilder] = {}
-
-
-def register_engine(name: str) -> Callable[[EngineBuilder], EngineBuilder]:
-    """Decorator: register an engine builder under ``name`` (duplicates are an error)."""
-
-    def wrap(builder: EngineBuilder) -> EngineBuilder:
-        if name in _ENGINES:
-            raise ValueError(f"rollout engine '{name}' is already registered")
-        _ENGINES[name] = builder
-        return builder
-
-    return wrap
-
-
-def registered_engines() -> list[str]:
-    return sorted(_ENGINES)
+_ENGINES: Registry[EngineBuilder] = Registry("rollout engine", unknown_error=ValueError)
+register_engine = _ENGINES.register
+registered_engines = _ENGINES.names
 
 
 def build_rollout_engine(cfg: RolloutConfig, resources: EngineResources) -> RolloutEngine:
     """Build the engine named ``cfg.engine``."""
     import recast_mcore.rollout.engines  # noqa: F401  (registers the built-in engines)
 
-    if cfg.engine not in _ENGINES:
-        raise ValueError(f"unknown rollout engine '{cfg.engine}'; valid: {', '.join(registered_engines())}")
-    return _ENGINES[cfg.engine](cfg, resources)
+    return _ENGINES.get(cfg.engine)(cfg, resources)

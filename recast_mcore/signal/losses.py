@@ -21,30 +21,14 @@ import torch.nn.functional as F
 
 from recast_mcore.config.signal import ContrastLossConfig, PpoLossConfig
 from recast_mcore.signal.batch import Role, UpdateBatch
+from recast_mcore.utils.registry import Registry
 
 LossOutput = tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]
 LossFn = Callable[[torch.Tensor, UpdateBatch], LossOutput]
 
-LOSSES: dict[str, LossFn] = {}
-
-
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
-    """Decorator adding a loss under ``name``; a duplicate name raises."""
-
-    def add(fn: LossFn) -> LossFn:
-        if name in LOSSES:
-            raise ValueError(f"policy loss '{name}' is already registered")
-        LOSSES[name] = fn
-        return fn
-
-    return add
-
-
-def get_loss(name: str) -> LossFn:
-    """The registered loss ``name``; an unknown name raises listing the valid ones."""
-    if name not in LOSSES:
-        raise KeyError(f"unknown policy loss '{name}'; valid: {', '.join(sorted(LOSSES))}")
-    return LOSSES[name]
+LOSSES: Registry[LossFn] = Registry("policy loss")
+register_loss = LOSSES.register
+get_loss = LOSSES.get
 
 
 def compute_policy_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> LossOutput:

@@ -14,29 +14,13 @@ from typing import Any
 from recast_mcore.config.signal import SignalConfig
 from recast_mcore.signal.batch import UpdateBatch
 from recast_mcore.signal.inputs import SignalInputs
+from recast_mcore.utils.registry import Registry
 
 BuilderFn = Callable[[SignalInputs, Any], UpdateBatch]
 
-BUILDERS: dict[str, BuilderFn] = {}
-
-
-def register_builder(name: str) -> Callable[[BuilderFn], BuilderFn]:
-    """Decorator adding a builder under ``name``; a duplicate name raises."""
-
-    def add(fn: BuilderFn) -> BuilderFn:
-        if name in BUILDERS:
-            raise ValueError(f"signal builder '{name}' is already registered")
-        BUILDERS[name] = fn
-        return fn
-
-    return add
-
-
-def get_builder(name: str) -> BuilderFn:
-    """The registered builder ``name``; an unknown name raises listing the valid ones."""
-    if name not in BUILDERS:
-        raise KeyError(f"unknown signal builder '{name}'; valid: {', '.join(sorted(BUILDERS))}")
-    return BUILDERS[name]
+BUILDERS: Registry[BuilderFn] = Registry("signal builder")
+register_builder = BUILDERS.register
+get_builder = BUILDERS.get
 
 
 def build_update_batch(inputs: SignalInputs, cfg: SignalConfig) -> UpdateBatch:
