@@ -1,7 +1,6 @@
 """End to end: synthetic generator, `recast-data prepare`, PreparedDataset, leakage, fetch."""
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -52,11 +51,9 @@ def test_prepare_twice_gives_identical_files(tmp_path):
     assert meta_a == meta_b
 
 
-def test_default_synthetic_prepare_is_fast_learnable_and_sparse(tmp_path):
-    start = time.perf_counter()
+def test_default_synthetic_prepare_is_learnable_and_sparse(tmp_path):
+    # prepare's time is recorded in meta["timings"] (docs/data.md), never asserted: the machine is shared
     assert main(["prepare", "--dataset", "synthetic", "--out", str(tmp_path / "syn")]) == 0
-    elapsed = time.perf_counter() - start
-    assert elapsed < 60
     ds = PreparedDataset.load(tmp_path / "syn")
     meta = ds.meta
     assert meta["users"] == 2000 and 900 <= meta["items"] <= 1000 and meta["sparsity"] > 0.95
@@ -184,9 +181,7 @@ def test_fetch_and_prepare_ml100k(tmp_path, monkeypatch):
     monkeypatch.setenv("RECAST_CACHE", str(tmp_path / "cache"))
     assert main(["fetch", "ml-100k"]) == 0
     assert (tmp_path / "cache" / "ml-100k" / "ml-100k.inter").is_file()
-    start = time.perf_counter()
     assert main(["prepare", "--dataset", "ml-100k", "--out", str(tmp_path / "ml")]) == 0
-    assert time.perf_counter() - start < 60
     ds = PreparedDataset.load(tmp_path / "ml")
     assert ds.meta["filtering"]["rows_read"] == 100_000 and ds.meta["users"] == 943
     assert ds.meta["baselines_valid"]["markov"]["recall@10"] > 0.05
