@@ -166,3 +166,21 @@ def test_te_only_switches_fail_clearly_on_the_local_spec():
     assert recompute_kwargs(ModelConfig(recompute_granularity="full", recompute_method="block", recompute_num_layers=2)) == {
         "recompute_granularity": "full", "recompute_method": "block", "recompute_num_layers": 2}
     assert recompute_kwargs(ModelConfig()) == {}
+
+
+def test_gpu_examples_turn_on_the_performance_switches():
+    from pathlib import Path
+
+    from recast_mcore.config.base import load_config
+    from recast_mcore.config.run import RunConfig
+
+    root = Path(__file__).resolve().parents[1]
+    for name in ("qwen3-0.6b", "qwen3-1.7b", "qwen3-8b"):
+        cfg = load_config(RunConfig, root / "examples" / f"{name}.yaml")
+        o, par = cfg.optim, cfg.parallel
+        assert o.distributed_optimizer and o.overlap_grad_reduce and o.overlap_param_gather, name
+        assert par.sequence_parallel == (par.tensor_parallel >= 2), name
+        assert par.sequence_packing == "thd" and cfg.model.transformer_impl == "transformer_engine", name
+    for script in ("torchrun_multinode.sh", "slurm.sbatch"):
+        text = (root / "examples/launch" / script).read_text()
+        assert "CUDA_DEVICE_MAX_CONNECTIONS" in text and ".venv" not in text and "Shared filesystem" in text, script
