@@ -183,4 +183,4 @@ def test_gpu_examples_turn_on_the_performance_switches():
         assert par.sequence_packing == "thd" and cfg.model.transformer_impl == "transformer_engine", name
     for script in ("torchrun_multinode.sh", "slurm.sbatch"):
         text = (root / "examples/launch" / script).read_text()
-        assert "CUDA_DEVICE_MAX_CONNECTIONS" in text and ".venv" not in text and "Shared filesystem" in text, script
+        assert "CUDA_DEVICE_MAX_CONNECTIONS=" in text and ".venv/bin" not in text and "Shared filesystem" in text, script
