@@ -17,6 +17,16 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture
+def tmp_path(tmp_path):
+    """Worker outputs go to $RECAST_GPU_RESULTS when set (tools/gpu_smoke.sh collects them), else pytest's tmp dir."""
+    keep = os.environ.get("RECAST_GPU_RESULTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        return Path(keep)
+    return tmp_path
+
+
 def _run(tmp_path: Path, *args: str, nproc: int = 0) -> dict | None:
     script = ROOT / "tests/dist" / args[0]
     if nproc:
