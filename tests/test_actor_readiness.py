@@ -10,27 +10,16 @@
 """
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_actor_dist import _env, _port  # the same worker environment and free-port helper
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests/dist/readiness_worker.py"
 TOL = 1e-6
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-
-
-def _port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
