@@ -10,7 +10,11 @@ forward + backward + optimizer step through MegatronActor.update (micro-batching
 
 Ideal time ratio is G/2 (update cost linear in rows). Columns: t_G / t_2 seconds, the ratio and its
 fraction of G/2, fwd+bwd and optimizer-step medians (the optimizer step does not shrink with rows),
-tokens/s and peak memory of each (CPU: peak RSS delta, GPU: max_memory_allocated; see actor/instrument.py).
+tokens/s and peak memory of each (CPU: peak RSS delta, GPU: max_memory_allocated, max over ranks; see
+actor/instrument.py) and, on a GPU with a known peak, MFU from the real sequence lengths (nan elsewhere).
+
+    python tools/bench_actor_update.py --model examples/models/qwen3-0.6b.yaml --params-dtype bf16 \
+        --history 50 --group-sizes 8,16,32,64 --repeats 3 --json gpu_bench.json      # the GPU smoke run
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--max-tokens-per-micro-batch", type=int, default=4096)
+    p.add_argument("--params-dtype", choices=["fp32", "bf16"], default="", help="override the model's params_dtype")
+    p.add_argument("--packing", choices=["auto", "off", "rows", "thd"], default="auto", help="parallel.sequence_packing")
     p.add_argument("--codes", type=int, default=32, help="codes per semantic-ID level (3 levels)")
     p.add_argument("--json", required=True, help="where to write the results")
     return p.parse_args()
@@ -86,7 +92,9 @@ def timed_update(actor, batch: UpdateBatch) -> dict[str, float]:
     metrics = actor.update(batch)
     total = time.perf_counter() - t0
     return {"seconds": total, "optimizer_seconds": metrics["optimizer_seconds"], "tokens_per_second": metrics["tokens_per_second"],
-            "peak_memory_bytes": metrics["peak_memory_bytes"], "tokens": metrics["update_tokens"], "rows": metrics["update_sequences"]}
+            "peak_memory_bytes": metrics["peak_memory_bytes"], "peak_reserved_bytes": metrics.get("peak_reserved_bytes", 0.0),
+            "mfu": metrics.get("mfu", float("nan")), "padding_fraction": metrics["padding_fraction"],
+            "tokens": metrics["update_tokens"], "rows": metrics["update_sequences"]}
 
 
 def summarize(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -102,7 +110,9 @@ def main() -> None:
     model_cfg = load_config(ModelConfig, args.model) if args.model else ModelConfig(
         num_layers=4, hidden_size=256, ffn_hidden_size=768, num_attention_heads=8, num_query_groups=4,
         qk_layernorm=True, tie_embeddings=True, max_seq_len=256)
-    parallel_cfg = ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp,
+    if args.params_dtype:
+        model_cfg.params_dtype = args.params_dtype
+    parallel_cfg = ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp, sequence_packing=args.packing,
                                   max_tokens_per_micro_batch=args.max_tokens_per_micro_batch)
     initialize_distributed(parallel_cfg)
     vocab, trie = make_catalog(args.codes)
@@ -130,18 +140,19 @@ def main() -> None:
     if torch.distributed.get_rank() == 0:
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
         out = {"device": device, "world_size": torch.distributed.get_world_size(), "prompts": args.prompts, "history": args.history,
+               "packing": actor.layout.mode, "tf32": bool(torch.backends.cuda.matmul.allow_tf32),
                "repeats": args.repeats, "model": vars(model_cfg), "vocab_size": vocab.vocab_size, "results": results}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"device: {device}; B={args.prompts} prompts, medians of {args.repeats}")
-        print("|  G | rows G/2 | t_G s | t_2 s | ratio | ideal | % ideal | fwd+bwd ratio | opt step s | tok/s G | tok/s 2 | mem G MiB | mem 2 MiB | mem ratio |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|  G | rows G/2 | t_G s | t_2 s | ratio | ideal | % ideal | fwd+bwd ratio | opt step s | tok/s G | tok/s 2 | mem G MiB | mem 2 MiB | mem ratio | MFU G | MFU 2 |")
+        print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for r in results:
             f, t = r["full"], r["two"]
             print(f"| {r['G']} | {int(f['rows'])}/{int(t['rows'])} | {f['seconds']:.3f} | {t['seconds']:.3f} | {r['time_ratio']:.2f} | "
                   f"{r['ideal_ratio']:.0f} | {100 * r['fraction_of_ideal']:.0f}% | {r['fwd_bwd_ratio']:.2f} | {t['optimizer_seconds']:.3f} | "
                   f"{f['tokens_per_second']:.0f} | {t['tokens_per_second']:.0f} | {f['peak_memory_bytes'] / 2**20:.1f} | "
-                  f"{t['peak_memory_bytes'] / 2**20:.1f} | {r['peak_memory_ratio']:.2f} |")
+                  f"{t['peak_memory_bytes'] / 2**20:.1f} | {r['peak_memory_ratio']:.2f} | {f['mfu']:.3f} | {t['mfu']:.3f} |")
     destroy_distributed()
 
 

@@ -23,8 +23,10 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from recast_mcore.actor import checkpointing
 from recast_mcore.actor.forward_backward import MicroBatch, causal_mask, run_micro_batches
 from recast_mcore.actor.instrument import UpdateTimer, update_metrics
-from recast_mcore.actor.microbatch import micro_batch_rows, pack_rows, plan_rows, plan_update, step_seq_len
-from recast_mcore.actor.model import build_model_chunks
+from recast_mcore.actor.microbatch import micro_batch_rows, plan_rows, plan_update, step_seq_len
+from recast_mcore.actor.model import build_model_chunks, use_transformer_engine
+from recast_mcore.actor.nonfinite import StepGuard
+from recast_mcore.actor.packing import pack_micro_batches, resolve_layout, sequence_lengths, thd_multiple
 from recast_mcore.actor.state_dict import gather_full, load_full
 from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
 from recast_mcore.data.trie import ItemTrie
@@ -46,21 +48,31 @@ class MegatronActor:
         self.model_cfg, self.parallel_cfg, self.optim_cfg = model_cfg, parallel_cfg, optim_cfg
         self.vocab_size, self.trie = vocab_size, trie
         self.chunks, self.config = build_model_chunks(model_cfg, parallel_cfg, vocab_size)
+        self.layout = resolve_layout(
+            parallel_cfg.sequence_packing, use_transformer_engine(model_cfg), PAD_ID,
+            thd_multiple(parallel_cfg.tensor_parallel, parallel_cfg.sequence_parallel, model_cfg.fp8, model_cfg.fp8_recipe),
+        )
         self.model = self._wrap_ddp(self.chunks)
         self.optimizer = get_megatron_optimizer(self._optimizer_config(), self.model)
         self.scheduler = self._scheduler()
         self.config.finalize_model_grads_func = finalize_model_grads
         self.config.grad_scale_func = self.optimizer.scale_loss
-        no_sync = [m.no_sync for m in self.model]
-        self.config.no_sync_func = no_sync if len(no_sync) > 1 else no_sync[0]
+        self.config.no_sync_func = _one_or_list([m.no_sync for m in self.model])
+        if optim_cfg.overlap_grad_reduce:  # as Megatron-LM's training.py (align_grad_reduce)
+            self.config.grad_sync_func = _one_or_list([m.start_grad_sync for m in self.model])
+        self.guard = StepGuard(optim_cfg)
+        self._params_stale = False
         self.step_count = 0
 
     # ------------------------------------------------------------------ construction
     def _wrap_ddp(self, chunks: list[torch.nn.Module]) -> list[DistributedDataParallel]:
+        o = self.optim_cfg
         ddp_cfg = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True,
-            overlap_grad_reduce=False,
-            use_distributed_optimizer=self.optim_cfg.distributed_optimizer,
+            overlap_grad_reduce=o.overlap_grad_reduce,
+            overlap_param_gather=o.overlap_param_gather,
+            use_distributed_optimizer=o.distributed_optimizer,
+            check_for_nan_in_grad=o.nonfinite_policy == "stop",  # see actor/nonfinite.py
         )
         return [
             DistributedDataParallel(self.config, ddp_cfg, module=c, disable_bucketing=i > 0) for i, c in enumerate(chunks)
@@ -81,6 +93,7 @@ class MegatronActor:
             bf16=bf16,
             params_dtype=torch.bfloat16 if bf16 else torch.float32,
             use_distributed_optimizer=o.distributed_optimizer,
+            overlap_param_gather=o.overlap_param_gather,
         )
 
     def _scheduler(self) -> OptimizerParamScheduler:
@@ -134,30 +147,50 @@ class MegatronActor:
         chunks = plan_rows(len(prompt_ids), self.dp_size, self.dp_rank, m) or [[]]
         k = -(-len(chunks) // self.micro_batches_multiple) * self.micro_batches_multiple
         chunks += [[]] * (k - len(chunks))
-        mbs = []
-        for rows in chunks:
-            filled = rows + [rows[0] if rows else 0] * (m - len(rows))
-            packed = pack_rows([prompt_ids[i] for i in filled], responses[filled], s, PAD_ID)
-            mbs.append(MicroBatch(packed, num_real=len(rows)))
-        return mbs, chunks, s
+        seqs = []
+        for rows in chunks:  # padded layout: m rows each (equal shapes); packed layouts pad tokens instead
+            filled = rows + [rows[0] if rows else 0] * ((m if self.layout.mode == "off" else 1) - len(rows))
+            seqs.append(([prompt_ids[i] for i in filled], responses[filled]))
+        packed = pack_micro_batches(seqs, self.layout, s, equal_shapes=self._pipelined)
+        return [MicroBatch(pk, num_real=len(rows)) for pk, rows in zip(packed, chunks)], chunks, s
+
+    @property
+    def _pipelined(self) -> bool:
+        return self.parallel_cfg.pipeline_parallel > 1
 
     def _zero_grads(self) -> None:
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
 
-    def _optimizer_step(self) -> dict[str, float]:
+    def _optimizer_step(self, loss: float) -> dict[str, float]:
+        """Step unless the loss or the global grad norm is non-finite (actor/nonfinite.py)."""
         t0 = time.perf_counter()
-        ok, grad_norm, _ = self.optimizer.step()
-        if not ok:
-            raise RuntimeError("optimizer step was skipped (non-finite gradients)")
-        self.scheduler.step(increment=1)
-        self.step_count += 1
+        found_inf = self.optimizer.prepare_grads()  # fp16 grad scaler only; step() prepares again (idempotent)
+        grad_norm = float("nan") if found_inf else float(self.optimizer.get_grad_norm())
+        skipped = self.guard.should_skip(self.step_count, loss, grad_norm)
+        if not skipped:
+            ok, _, _ = self.optimizer.step()
+            if not ok:
+                raise RuntimeError("optimizer step was skipped (non-finite gradients)")
+            self.scheduler.step(increment=1)
+            self.step_count += 1
+            # overlapped param all-gather: other ranks' shards arrive in the next forward's pre-hooks
+            self._params_stale = self.optim_cfg.overlap_param_gather
         return {
-            "grad_norm": float(grad_norm),
+            "grad_norm": grad_norm,
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "optimizer_seconds": time.perf_counter() - t0,
+            **self.guard.metrics(skipped),
         }
+
+    def sync_params(self) -> None:
+        """Finish the parameter all-gather a step left pending (overlap_param_gather); call before reading
+        full parameters outside a forward (state dict export, checkpoints). Collective; no-op otherwise."""
+        if self._params_stale:
+            for m in self.model:
+                m.start_param_sync(force_sync=True)
+            self._params_stale = False
 
     def _reduce_metrics(self, stores: list[dict[str, Any]]) -> dict[str, float]:
         """Sum per-micro-batch metric dicts, all-reduce over DP (last stage), broadcast to all PP stages."""
@@ -209,11 +242,11 @@ class MegatronActor:
         """One optimizer step of next-item cross-entropy on the response tokens. Returns metrics on all ranks."""
         with UpdateTimer() as timer:
             sums = self.forward_backward_sft(prompt_ids, responses)
-            metrics = self._optimizer_step()
-        tokens = sum(len(p) for p in prompt_ids) + responses.numel()
-        metrics["loss"] = sums["loss_sum"] / max(sums["denom"], 1.0)
+            loss = sums["loss_sum"] / max(sums["denom"], 1.0)
+            metrics = self._optimizer_step(loss)
+        metrics["loss"] = loss
         metrics["response_tokens"] = sums["denom"]
-        metrics.update(self._instrument(timer, len(prompt_ids), tokens, prompt_ids, responses.shape[1]))
+        metrics.update(self._instrument(timer, sums, prompt_ids, responses.shape[1]))
         return metrics
 
     def forward_backward_policy(self, batch: UpdateBatch) -> tuple[dict[str, float], int]:
@@ -228,11 +261,12 @@ class MegatronActor:
             max_tokens_per_micro_batch=self.parallel_cfg.max_tokens_per_micro_batch,
             seq_multiple=self.seq_multiple,
             num_micro_batches_multiple=self.micro_batches_multiple,
-            equal_rows=self.parallel_cfg.pipeline_parallel > 1,
+            equal_rows=self._pipelined and self.layout.mode == "off",
         )
-        mbs = [
-            MicroBatch(pack_rows(mb.prompt_ids, mb.responses, plan.seq_len, PAD_ID), policy_batch=mb) for mb in plan.micro_batches
-        ]
+        packed = pack_micro_batches(
+            [(mb.prompt_ids, mb.responses) for mb in plan.micro_batches], self.layout, plan.seq_len, equal_shapes=self._pipelined
+        )
+        mbs = [MicroBatch(pk, policy_batch=mb) for pk, mb in zip(packed, plan.micro_batches)]
         for m in self.model:
             m.train()
         self._zero_grads()
@@ -252,27 +286,29 @@ class MegatronActor:
         """
         with UpdateTimer() as timer:
             sums, _ = self.forward_backward_policy(batch)
-            metrics = self._optimizer_step()
+            metrics = self._optimizer_step(sums["loss_sum"] / sums["denom"])
         denom = sums["denom"]
         metrics["loss"] = sums["loss_sum"] / denom
         for key, value in sums.items():
             metrics[key] = value
             if key.endswith("_sum") and key != "loss_sum":
                 metrics[key[:-4] + "_mean"] = value / denom
-        real = batch.roles != Role.PAD
-        tokens = sum(len(p) for p, r in zip(batch.prompt_ids, real.tolist()) if r) + int(real.sum()) * batch.response_len
-        metrics.update(self._instrument(timer, int(real.sum()), tokens, batch.prompt_ids, batch.response_len))
+        real = (batch.roles != Role.PAD).tolist()
+        metrics.update(self._instrument(timer, sums, [p for p, r in zip(batch.prompt_ids, real) if r], batch.response_len))
         return metrics
 
-    def _instrument(self, timer: UpdateTimer, sequences: int, tokens: int, prompt_ids: list[list[int]], t: int) -> dict[str, float]:
-        s = step_seq_len(prompt_ids, t)
-        return update_metrics(
-            timer, self.model_cfg, sequences=sequences, tokens=tokens, seq_len=s, vocab_size=self.vocab_size,
+    def _instrument(self, timer: UpdateTimer, sums: dict[str, float], prompt_ids: list[list[int]], t: int) -> dict[str, float]:
+        """Time/memory/MFU of the real sequences (``prompt_ids`` of the non-PAD rows) + the padding fraction."""
+        out = update_metrics(
+            timer, self.model_cfg, seq_lens=sequence_lengths(prompt_ids, t), vocab_size=self.vocab_size,
             world_size=dist.get_world_size(),
         )
+        out["padding_fraction"] = 1.0 - sums["real_slots"] / max(sums["token_slots"], 1.0)
+        return out
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Full TP/PP-gathered Megatron state dict (fp32, CPU) on global rank 0, None elsewhere. Collective."""
+        self.sync_params()
         return gather_full(self.chunks, self.model_cfg.tie_embeddings)
 
     def full_grads(self) -> dict[str, torch.Tensor] | None:
@@ -292,6 +328,7 @@ class MegatronActor:
         (for an in-process rollout engine sharing this process)."""
         if dist.get_world_size() != 1:
             raise RuntimeError(f"logits_fn needs world size 1 (got {dist.get_world_size()}); use the SGLang engine")
+        self.sync_params()
         chunk = self.chunks[0]
         device = next(chunk.parameters()).device
         b, s = tokens.shape
@@ -303,6 +340,7 @@ class MegatronActor:
 
     def save(self, directory: str | Path, trainer_state: dict[str, Any]) -> Path:
         """Atomic dist checkpoint (model, optimizer, scheduler, RNG, trainer state) at ``directory``."""
+        self.sync_params()
         return checkpointing.save(self, Path(directory), trainer_state)
 
     def load(self, directory: str | Path, *, load_optimizer: bool = True) -> dict[str, Any]:
@@ -312,3 +350,8 @@ class MegatronActor:
 
 def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _one_or_list(funcs: list):
+    """Megatron's config hooks take one callable per model chunk, or the callable itself for one chunk."""
+    return funcs if len(funcs) > 1 else funcs[0]

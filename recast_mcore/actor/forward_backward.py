@@ -25,8 +25,11 @@ Three losses (``kind``):
 (c) ``"policy"`` - the signal stage's registered loss (``recast_mcore.signal.losses``) applied to the
     constrained log-probs of (b) with gradient: ``(loss_sum, denom, metrics) = loss_fn(lp [b, T], mb)``.
 
-Logit positions: row i = prompt (p_i tokens) + response (T) + right padding; the logits predicting
-response token t are at position ``p_i + t - 1`` (see actor/microbatch.py).
+Layouts and logit positions: a micro-batch is right-padded rows, densely packed rows (block-diagonal
+causal mask) or one THD row (``PackedSeqParams`` with cu_seqlens, Transformer Engine); sequence i sits in
+row ``response_rows[i]`` and the logits predicting its response token t at column
+``response_positions[i, t]`` (see actor/packing.py). The losses below see only ``[n, T]`` per-sequence
+tensors, so they are the same in every layout.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from recast_mcore.actor.microbatch import PackedRows
+from recast_mcore.actor.packing import PackedRows, attention_mask, packed_seq_params
 from recast_mcore.data.trie import ItemTrie
-from recast_mcore.signal.batch import UpdateBatch
+from recast_mcore.signal.batch import Role, UpdateBatch
 from recast_mcore.signal.losses import compute_policy_loss
 
 LossKind = Literal["sft", "logprobs", "policy"]
@@ -64,11 +67,10 @@ def causal_mask(seq_len: int, device: torch.device | str) -> torch.Tensor:
     return torch.triu(torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device), diagonal=1)
 
 
-def response_logits(logits: torch.Tensor, response_positions: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[b, S, Vp] model logits -> [b, T, V] fp32 logits predicting each response token."""
-    b, t = response_positions.shape
-    idx = response_positions.to(logits.device)[:, :, None].expand(b, t, logits.shape[-1])
-    return torch.gather(logits, 1, idx)[..., :vocab_size].float()
+def response_logits(logits: torch.Tensor, rows: PackedRows, vocab_size: int) -> torch.Tensor:
+    """[b, L, Vp] model logits -> [n, T, V] fp32 logits predicting each response token of each sequence."""
+    r = rows.response_rows.to(logits.device)[:, None]
+    return logits[r, rows.response_positions.to(logits.device)][..., :vocab_size].float()
 
 
 def constrained_logprobs(z: torch.Tensor, responses: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -92,13 +94,14 @@ def sft_loss_sums(z: torch.Tensor, responses: torch.Tensor) -> tuple[torch.Tenso
 def _loss_func(mb: MicroBatch, kind: LossKind, trie: ItemTrie, vocab_size: int, output: torch.Tensor):
     """The last stage's loss for one micro-batch (see module doc): -> (loss_sum, denom int, metrics)."""
     rows = mb.rows
-    z = response_logits(output, rows.response_positions, vocab_size)
+    z = response_logits(output, rows, vocab_size)
     n_real = rows.responses.shape[0] if mb.num_real < 0 else mb.num_real
     if kind == "sft":
         z_real = z[:n_real]
         loss_sum, denom = sft_loss_sums(z_real, rows.responses[:n_real])
         loss_sum = loss_sum + 0.0 * z.sum()  # padded rows stay in the graph with zero gradient
-        return loss_sum, denom, {"loss_sum": loss_sum.detach().clone(), "denom": denom.clone()}
+        out = {"loss_sum": loss_sum.detach().clone(), "denom": denom.clone(), **_slot_metrics(rows, rows.lengths[:n_real])}
+        return loss_sum, denom, out
     allowed = trie.response_mask(rows.responses).to(z.device)[..., :vocab_size]
     lp = constrained_logprobs(z, rows.responses, allowed)
     if kind == "logprobs":
@@ -111,7 +114,13 @@ def _loss_func(mb: MicroBatch, kind: LossKind, trie: ItemTrie, vocab_size: int, 
     denom_i = torch.tensor(int(round(denom_f)), dtype=torch.int)
     out = {k: v.detach().float().cpu() for k, v in metrics.items()}
     out.update(loss_sum=loss_sum.detach().float().cpu(), denom=denom_i.clone(), logprobs=lp.detach().cpu())
+    out.update(_slot_metrics(rows, rows.lengths[mb.policy_batch.roles.cpu() != Role.PAD]))
     return loss_sum, denom_i, out
+
+
+def _slot_metrics(rows: PackedRows, real_lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Token slots of the micro-batch and those holding real (non-PAD-row) tokens: the padding fraction."""
+    return {"token_slots": torch.tensor(float(rows.tokens.numel())), "real_slots": real_lengths.sum().double()}
 
 
 def _forward_step(kind: LossKind, trie: ItemTrie, vocab_size: int, data_iterator, model):
@@ -119,9 +128,11 @@ def _forward_step(kind: LossKind, trie: ItemTrie, vocab_size: int, data_iterator
     mb: MicroBatch = next(data_iterator)
     device = next(model.parameters()).device
     rows = mb.rows
-    output = model(
-        rows.tokens.to(device), rows.position_ids.to(device), causal_mask(rows.tokens.shape[1], device)
-    )
+    tokens, positions = rows.tokens.to(device), rows.position_ids.to(device)
+    if rows.use_cu_seqlens:
+        output = model(tokens, positions, None, packed_seq_params=packed_seq_params(rows, device))
+    else:
+        output = model(tokens, positions, attention_mask(rows, device))
     return output, partial(_loss_func, mb, kind, trie, vocab_size)
 
 
@@ -136,15 +147,14 @@ def run_micro_batches(
 ) -> list[dict[str, Any]]:
     """Run all micro-batches through the pipeline schedule; returns the per-micro-batch metric dicts
     (non-empty on the last pipeline stage only). With pipeline parallelism all micro-batches must have
-    the same [b, S] (fixed p2p buffer shapes); without it only S must agree."""
+    the same [b, L] (fixed p2p buffer shapes); without it each may have its own."""
     b, s = micro_batches[0].rows.tokens.shape
     pipelined = len(model_chunks) > 1 or not (
         parallel_state.is_pipeline_first_stage(ignore_virtual=True) and parallel_state.is_pipeline_last_stage(ignore_virtual=True)
     )
     for mb in micro_batches:
-        mb_b, mb_s = mb.rows.tokens.shape
-        if mb_s != s or (pipelined and mb_b != b):
-            raise ValueError(f"micro-batch shape {(mb_b, mb_s)} != {(b, s)} (pipeline schedules need equal shapes)")
+        if pipelined and tuple(mb.rows.tokens.shape) != (b, s):
+            raise ValueError(f"micro-batch shape {tuple(mb.rows.tokens.shape)} != {(b, s)} (pipeline schedules need equal shapes)")
     step = partial(_forward_step, kind, trie, vocab_size)
     iters = [iter(micro_batches) for _ in model_chunks]
     return get_forward_backward_func()(

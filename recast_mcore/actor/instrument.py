@@ -1,8 +1,9 @@
 """Per-update instrumentation: wall time, sequences/tokens, peak memory, tokens/s, FLOPs and MFU.
 
-Peak memory:
-- GPU: ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()`` at the start of the
-  update (bytes held by tensors at the peak, the allocator's own view).
+Peak memory (reported as the MAX over all ranks, plus this rank's own value):
+- GPU: ``torch.cuda.max_memory_allocated()`` (bytes held by tensors at the peak) and
+  ``torch.cuda.max_memory_reserved()`` (bytes the caching allocator held from the driver, what an OOM
+  sees) after ``reset_peak_memory_stats()`` at the start of the update.
 - CPU: peak resident-set-size DELTA of this process, measured by a background thread sampling
   ``psutil.Process().memory_info().rss`` every ``interval_s`` (default 1 ms) during the update:
   ``peak_rss - rss_at_start``, after glibc ``malloc_trim(0)`` returned freed heap pages to the OS at
@@ -11,13 +12,23 @@ Peak memory:
   Sampling can miss a spike shorter than the interval, and memory the allocator keeps mapped (e.g.
   persistent gradient buffers) is not in the delta. It is a measured quantity, not an estimate.
 
-Model FLOPs (Megatron-LM / PaLM convention, causal masking not discounted), per sequence of length S
-with d = hidden, L = layers, h = head_dim, nq/ng = query/KV heads, f = ffn hidden, V = vocab:
-    matmul_params = L * (d*(nq + 2*ng)*h + nq*h*d + 3*d*f) + d*V
-    forward_flops = 2*S*matmul_params + L * 4 * S^2 * nq*h        (QK^T and attention x V)
-    train_flops   = 3 * forward_flops                            (backward = 2x forward)
-MFU = train_flops of all sequences / (update seconds * world size * peak FLOP/s of one GPU); the peak
-comes from ``PEAK_TFLOPS`` by device name and dtype; MFU is None on CPU or an unknown GPU.
+Model FLOPs (Megatron-LM / PaLM convention: causal masking not discounted, activation recompute not
+counted), per sequence at its REAL length n (prompt + response; padding slots are not model FLOPs), with
+d = hidden, L = layers, h = head_dim, nq/ng = query/KV heads, f = ffn hidden, V = vocab:
+    linear(n)    = 2*n * L * (d*(nq + 2*ng)*h + nq*h*d + 3*d*f)      (QKV, out-proj, SwiGLU fc1+fc2)
+    attention(n) = 2*n * L * 2*n*nq*h                                  (QK^T and attention x V)
+    logits(n)    = 2*n * d*V
+    train        = 3 * forward                                          (backward = 2x forward)
+MFU = ideal seconds / measured seconds, ideal = sum over GEMM kinds of (train FLOPs of that kind) /
+(world size * peak FLOP/s of that kind's dtype on this GPU). With ``fp8`` the transformer layers' linear
+GEMMs run in FP8 (Transformer Engine) and attention (fused, bf16) and the output layer (Megatron's own
+ColumnParallelLinear) in bf16, so FP8 runs are measured against the FP8 peak for the FP8 share only;
+fp32 runs use the TF32 tensor-core peak when TF32 matmuls are enabled, else the plain FP32 peak. Measured
+seconds = the slowest rank's update time; peak memory = the max over ranks (one all-reduce of 3 numbers).
+
+``PEAK_TFLOPS``: dense (no 2:4 sparsity) tensor-core peak per GPU, TFLOP/s, from NVIDIA's datasheets
+(``PEAK_SOURCES``); a device name is matched by ``device_model()`` (SXM vs PCIe vs NVL are different rows).
+MFU is None on CPU or an unknown GPU (never a guessed peak).
 """
 
 from __future__ import annotations
@@ -29,36 +40,87 @@ from dataclasses import dataclass, field
 
 import psutil
 import torch
+import torch.distributed as dist
 
 from recast_mcore.config.actor import ModelConfig
 
-PEAK_TFLOPS = {  # dense tensor-core peak per GPU
-    ("H100", "bf16"): 989.0,
-    ("H200", "bf16"): 989.0,
-    ("A100", "bf16"): 312.0,
-    ("H100", "fp32"): 494.0,  # TF32 tensor cores
-    ("H200", "fp32"): 494.0,
-    ("A100", "fp32"): 156.0,
+# device model -> {dtype: dense TFLOP/s}. "fp32" = FP32 on CUDA cores (no tensor cores), "tf32" = TF32 tensor cores.
+PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H100-SXM": {"fp8": 1978.9, "bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H100-PCIe": {"fp8": 1513.0, "bf16": 756.5, "tf32": 378.0, "fp32": 51.2},
+    "H100-NVL": {"fp8": 1670.5, "bf16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    "H200-SXM": {"fp8": 1978.9, "bf16": 989.4, "tf32": 494.7, "fp32": 66.9},
+    "H200-NVL": {"fp8": 1670.5, "bf16": 835.5, "tf32": 417.5, "fp32": 60.0},
+    "A100": {"bf16": 312.0, "tf32": 156.0, "fp32": 19.5},
+    "B200": {"fp8": 4500.0, "bf16": 2250.0, "tf32": 1100.0, "fp32": 75.0},
+}
+PEAK_SOURCES = {
+    "H100-SXM": "NVIDIA H100 Tensor Core GPU datasheet, H100 SXM column (sparse figures / 2)",
+    "H100-PCIe": "NVIDIA H100 Tensor Core GPU datasheet, H100 PCIe column (sparse figures / 2)",
+    "H100-NVL": "NVIDIA H100 Tensor Core GPU datasheet, H100 NVL column (sparse figures / 2)",
+    "H200-SXM": "NVIDIA H200 Tensor Core GPU datasheet, H200 SXM column (sparse figures / 2)",
+    "H200-NVL": "NVIDIA H200 Tensor Core GPU datasheet, H200 NVL column (sparse figures / 2)",
+    "A100": "NVIDIA A100 Tensor Core GPU datasheet (SXM and PCIe have the same peaks; no FP8)",
+    "B200": "NVIDIA HGX B200 datasheet, individual GPU column (sparse figures / 2)",
 }
 
 
-def train_flops_per_sequence(model_cfg: ModelConfig, seq_len: int, vocab_size: int) -> float:
-    """3 * forward FLOPs of one sequence of ``seq_len`` tokens (formula in the module doc)."""
+def device_model(name: str) -> str | None:
+    """``torch.cuda.get_device_name()`` -> a PEAK_TFLOPS key, or None when unknown.
+
+    Examples: 'NVIDIA H100 80GB HBM3' -> H100-SXM, 'NVIDIA H100 PCIe' -> H100-PCIe, 'NVIDIA H100 NVL' ->
+    H100-NVL, 'NVIDIA H200' -> H200-SXM, 'NVIDIA H200 NVL' -> H200-NVL, 'NVIDIA A100-SXM4-80GB' -> A100,
+    'NVIDIA B200' -> B200.
+    """
+    n = name.upper()
+    for chip in ("H100", "H200"):
+        if chip in n:
+            if "NVL" in n:
+                return f"{chip}-NVL"
+            return f"{chip}-PCIe" if "PCIE" in n else f"{chip}-SXM"
+    if "A100" in n:
+        return "A100"
+    if "B200" in n and "GB200" not in n:
+        return "B200"
+    return None
+
+
+def flops_by_kind(model_cfg: ModelConfig, seq_lens: torch.Tensor | list[int], vocab_size: int) -> dict[str, float]:
+    """Train FLOPs (3x forward) of sequences of the given real lengths, split into linear/attention/logits."""
+    n = torch.as_tensor(seq_lens, dtype=torch.float64)
     d, L, h, f = model_cfg.hidden_size, model_cfg.num_layers, model_cfg.head_dim, model_cfg.ffn_hidden_size
     nq, ng = model_cfg.num_attention_heads, model_cfg.num_query_groups
-    params = L * (d * (nq + 2 * ng) * h + nq * h * d + 3 * d * f) + d * vocab_size
-    forward = 2.0 * seq_len * params + L * 4.0 * seq_len**2 * nq * h
-    return 3.0 * forward
+    per_token_linear = L * (d * (nq + 2 * ng) * h + nq * h * d + 3 * d * f)
+    return {
+        "linear": 3.0 * 2.0 * float(n.sum()) * per_token_linear,
+        "attention": 3.0 * 2.0 * L * 2.0 * nq * h * float((n * n).sum()),
+        "logits": 3.0 * 2.0 * float(n.sum()) * d * vocab_size,
+    }
 
 
-def peak_flops_per_device(dtype: str) -> float | None:
-    if not torch.cuda.is_available():
+def train_flops_per_sequence(model_cfg: ModelConfig, seq_len: int, vocab_size: int) -> float:
+    """3 * forward FLOPs of one sequence of ``seq_len`` real tokens (formula in the module doc)."""
+    return sum(flops_by_kind(model_cfg, [seq_len], vocab_size).values())
+
+
+def tf32_enabled() -> bool:
+    """Whether fp32 matmuls may use TF32 tensor cores (torch.backends.cuda.matmul.allow_tf32)."""
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def gemm_dtypes(model_cfg: ModelConfig, tf32: bool) -> dict[str, str]:
+    """Which peak applies to each FLOP kind (module doc)."""
+    if model_cfg.params_dtype == "bf16":
+        return {"linear": "fp8" if model_cfg.fp8 != "none" else "bf16", "attention": "bf16", "logits": "bf16"}
+    fp32 = "tf32" if tf32 else "fp32"
+    return {"linear": fp32, "attention": fp32, "logits": fp32}
+
+
+def ideal_seconds(flops: dict[str, float], dtypes: dict[str, str], peaks: dict[str, float] | None, world_size: int) -> float | None:
+    """sum_k flops_k / (world_size * peak[dtype_k]); None if a needed peak is unknown."""
+    if peaks is None or any(dtypes[k] not in peaks for k in flops):
         return None
-    name = torch.cuda.get_device_name()
-    for (key, dt), tflops in PEAK_TFLOPS.items():
-        if key in name and dt == dtype:
-            return tflops * 1e12
-    return None
+    return sum(flops[k] / (world_size * peaks[dtypes[k]] * 1e12) for k in flops)
 
 
 def _release_free_heap() -> None:
@@ -107,11 +169,12 @@ class _RssSampler:
 
 @dataclass
 class UpdateTimer:
-    """Context manager measuring one actor update (wall time and peak memory)."""
+    """Context manager measuring one actor update (wall time and peak memory of this rank)."""
 
     interval_s: float = 0.001
     seconds: float = 0.0
     peak_memory_bytes: int = 0
+    peak_reserved_bytes: int = 0
     memory_kind: str = field(default="")
     _t0: float = 0.0
     _sampler: _RssSampler | None = None
@@ -131,25 +194,46 @@ class UpdateTimer:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
             self.peak_memory_bytes = int(torch.cuda.max_memory_allocated())
+            self.peak_reserved_bytes = int(torch.cuda.max_memory_reserved())
         self.seconds = time.perf_counter() - self._t0
         if self._sampler is not None:
             self.peak_memory_bytes = int(self._sampler.stop())
 
 
+def max_over_ranks(values: list[float]) -> list[float]:
+    """Element-wise max over all ranks of the default process group (identity without one)."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return list(values)
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    vec = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(vec, op=dist.ReduceOp.MAX)
+    return vec.cpu().tolist()
+
+
 def update_metrics(
-    timer: UpdateTimer, model_cfg: ModelConfig, *, sequences: int, tokens: int, seq_len: int, vocab_size: int, world_size: int
+    timer: UpdateTimer, model_cfg: ModelConfig, *, seq_lens: torch.Tensor, vocab_size: int, world_size: int
 ) -> dict[str, float]:
-    """The per-update instrumentation dict (``mfu`` only on a known GPU)."""
+    """The per-update instrumentation dict for sequences of real lengths ``seq_lens`` (collective: one
+    all-reduce MAX of time and memory over ranks). ``mfu`` only on a GPU with a known peak."""
+    seconds, peak, reserved = max_over_ranks([timer.seconds, timer.peak_memory_bytes, timer.peak_reserved_bytes])
+    tokens = float(torch.as_tensor(seq_lens).sum())
+    flops = flops_by_kind(model_cfg, seq_lens, vocab_size)
+    tf32 = tf32_enabled()
     out = {
-        "update_seconds": timer.seconds,
-        "update_sequences": float(sequences),
-        "update_tokens": float(tokens),
-        "tokens_per_second": tokens / timer.seconds if timer.seconds > 0 else 0.0,
-        "peak_memory_bytes": float(timer.peak_memory_bytes),
+        "update_seconds": seconds,
+        "update_seconds_this_rank": timer.seconds,
+        "update_sequences": float(len(seq_lens)),
+        "update_tokens": tokens,
+        "tokens_per_second": tokens / seconds if seconds > 0 else 0.0,
+        "peak_memory_bytes": peak,
+        "peak_memory_bytes_this_rank": float(timer.peak_memory_bytes),
+        "model_tflops": sum(flops.values()) / 1e12,
+        "tf32": float(tf32),
     }
-    flops = train_flops_per_sequence(model_cfg, seq_len, vocab_size) * sequences
-    out["model_tflops"] = flops / 1e12
-    peak = peak_flops_per_device(model_cfg.params_dtype)
-    if peak is not None and timer.seconds > 0:
-        out["mfu"] = flops / (timer.seconds * world_size * peak)
+    if torch.cuda.is_available():
+        out["peak_reserved_bytes"] = reserved
+        model = device_model(torch.cuda.get_device_name())
+        ideal = ideal_seconds(flops, gemm_dtypes(model_cfg, tf32), PEAK_TFLOPS.get(model or ""), world_size)
+        if ideal is not None and seconds > 0:
+            out["mfu"] = ideal / seconds
     return out

@@ -1,13 +1,9 @@
 """How a step's sequences become micro-batches (pure torch; documented ONCE here).
 
-Sequence packing (``pack_rows``), right padding::
-
-    row i = prompt_i (p_i tokens) + response_i (T tokens) + <pad> ... up to S tokens
-    position_ids = 0..S-1 for every row; causal attention (pads sit after the real tokens, so they never
-    influence them). The response token t of row i is predicted by the logits at position p_i + t - 1.
-
-``S`` is the step's longest ``p_i + T`` (every micro-batch of a step has the same S: pipeline-parallel
-p2p buffers have a fixed shape), rounded up to ``seq_multiple`` (TP size with sequence parallelism).
+How a micro-batch's sequences are laid out (right padding, dense packing or THD) is documented once in
+actor/packing.py. ``S`` is the step's longest ``p_i + T`` (every micro-batch of a step has the same S:
+pipeline-parallel p2p buffers have a fixed shape), rounded up to ``seq_multiple`` (TP size with sequence
+parallelism, 16 with FP8); it is the row length of the padded and the dense-packed layouts.
 
 Update plan (``plan_update``), for an UpdateBatch of N rows in groups (rows of one prompt):
 
@@ -19,8 +15,8 @@ Update plan (``plan_update``), for an UpdateBatch of N rows in groups (rows of o
    are then re-split into exactly K near-equal parts (a group goes to the part its middle row falls in;
    a part can exceed the budget by less than one group). Balancing matters: padding every micro-batch
    to a greedy budget wasted up to 45% of the compute in the G=64 benchmark.
-4. Padding: with pipeline parallelism (p2p buffers have a fixed shape) every micro-batch is padded to
-   the same M rows (the largest part over all ranks); without it micro-batches keep their own size and
+4. Padding: with pipeline parallelism and the padded layout (p2p buffers have a fixed shape) every
+   micro-batch is padded to the same M rows (the largest part over all ranks); without it micro-batches keep their own size and
    only an empty part becomes a single PAD row. PAD rows carry zero weight, no counted tokens and no
    pairs, so the policy loss gives them exactly zero ``loss_sum`` and ``denom``; their tokens are a copy
    of a real row so the trie mask is defined.
@@ -38,21 +34,8 @@ from dataclasses import dataclass
 
 import torch
 
+from recast_mcore.actor.packing import PackedRows, pack_rows  # noqa: F401  (re-exported: the padded layout)
 from recast_mcore.signal.batch import Role, UpdateBatch, group_bounds
-
-
-@dataclass
-class PackedRows:
-    """A micro-batch's model inputs."""
-
-    tokens: torch.Tensor
-    """[b, S] int64: prompt + response, right-padded with pad_id."""
-    position_ids: torch.Tensor
-    """[b, S] int64: 0..S-1."""
-    response_positions: torch.Tensor
-    """[b, T] int64: position of the logits that predict response token t (p_i + t - 1)."""
-    responses: torch.Tensor
-    """[b, T] int64: the response tokens."""
 
 
 def step_seq_len(prompt_ids: list[list[int]], response_len: int, seq_multiple: int = 1) -> int:
@@ -63,25 +46,6 @@ def step_seq_len(prompt_ids: list[list[int]], response_len: int, seq_multiple: i
         raise ValueError("every prompt needs at least one token (<bos>)")
     s = max(len(p) for p in prompt_ids) + response_len
     return -(-s // seq_multiple) * seq_multiple
-
-
-def pack_rows(prompt_ids: list[list[int]], responses: torch.Tensor, seq_len: int, pad_id: int) -> PackedRows:
-    """Right-padded [b, S] tokens for ``b`` rows (see module doc)."""
-    b, t = responses.shape
-    if len(prompt_ids) != b:
-        raise ValueError(f"pack_rows: {len(prompt_ids)} prompts for {b} responses")
-    tokens = torch.full((b, seq_len), pad_id, dtype=torch.long)
-    starts = torch.empty(b, dtype=torch.long)
-    for i, prompt in enumerate(prompt_ids):
-        p = len(prompt)
-        if p + t > seq_len:
-            raise ValueError(f"row {i}: prompt {p} + response {t} tokens > sequence length {seq_len}")
-        tokens[i, :p] = torch.as_tensor(prompt, dtype=torch.long)
-        tokens[i, p : p + t] = responses[i]
-        starts[i] = p
-    response_positions = starts[:, None] - 1 + torch.arange(t)[None, :]
-    position_ids = torch.arange(seq_len).expand(b, seq_len).contiguous()
-    return PackedRows(tokens, position_ids, response_positions, responses.long())
 
 
 def micro_batch_rows(max_group: int, seq_len: int, micro_batch_size: int, max_tokens: int) -> int:

@@ -89,6 +89,14 @@ def transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfig) -> 
     fp8_kwargs = {}
     if model_cfg.fp8 != "none":
         fp8_kwargs = dict(fp8=model_cfg.fp8, fp8_recipe=model_cfg.fp8_recipe)
+    if not te and model_cfg.recompute_granularity == "selective" and set(model_cfg.recompute_modules) - {"core_attn"}:
+        raise ValueError(
+            f"model.recompute_modules={model_cfg.recompute_modules}: layernorm/mlp recompute needs Transformer Engine "
+            "(megatron/core/tensor_parallel/random.py CheckpointWithoutOutput reads TE's FP8 state); "
+            "the local spec supports core_attn only"
+        )
+    if parallel_cfg.sequence_parallel and not te:
+        raise ValueError("parallel.sequence_parallel needs the Transformer Engine spec (the local spec's torch norm rejects it)")
     return TransformerConfig(
         num_layers=model_cfg.num_layers,
         hidden_size=model_cfg.hidden_size,
@@ -119,7 +127,9 @@ def transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfig) -> 
         masked_softmax_fusion=te,
         bias_activation_fusion=False,
         bias_dropout_fusion=te,
-        apply_rope_fusion=False,
+        # TE's fused RoPE; without it the THD path applies RoPE per sequence in a Python loop with host syncs
+        # (megatron/core/models/common/embeddings/rope_utils.py::_apply_rotary_pos_emb_thd)
+        apply_rope_fusion=te,
         persist_layer_norm=te,
         deallocate_pipeline_outputs=True,
         batch_p2p_sync=torch.cuda.is_available(),
@@ -128,6 +138,20 @@ def transformer_config(model_cfg: ModelConfig, parallel_cfg: ParallelConfig) -> 
         # send with the gradient receive. The unbatched path orders ops by even/odd rank and is correct.
         batch_p2p_comm=parallel_cfg.virtual_pipeline_parallel == 1,
         **fp8_kwargs,
+        **recompute_kwargs(model_cfg),
+    )
+
+
+def recompute_kwargs(model_cfg: ModelConfig) -> dict:
+    """TransformerConfig activation-recompute fields for ``model_cfg.recompute_*`` (none -> no fields)."""
+    if model_cfg.recompute_granularity == "none":
+        return {}
+    if model_cfg.recompute_granularity == "selective":
+        return dict(recompute_granularity="selective", recompute_modules=list(model_cfg.recompute_modules))
+    return dict(
+        recompute_granularity="full",
+        recompute_method=model_cfg.recompute_method,
+        recompute_num_layers=model_cfg.recompute_num_layers,
     )
 
 

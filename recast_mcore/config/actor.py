@@ -6,8 +6,11 @@ Qwen3 base shapes OpenOneRec uses ship as ``examples/models/qwen3-{0.6b,1.7b,8b}
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
+
+RECOMPUTE_MODULES = ("core_attn", "layernorm", "mlp")
+"""Submodules a selective activation recompute may name (Megatron-Core's dense-model choices)."""
 
 
 @dataclass(kw_only=True)
@@ -46,6 +49,19 @@ class ModelConfig:
     """FP8 scaling recipe (as the installed Transformer Engine supports)."""
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
     """Layer spec: auto picks Transformer Engine when importable, else the Megatron-local spec."""
+    recompute_granularity: Literal["none", "selective", "full"] = "none"
+    """Activation recompute: none; selective (only ``recompute_modules`` of every layer); full (whole layers,
+    chosen by ``recompute_method``/``recompute_num_layers``). Trades ~1 extra forward of what is recomputed
+    for activation memory."""
+    recompute_method: Literal["uniform", "block"] = "uniform"
+    """Full recompute only: uniform = checkpoint every chunk of ``recompute_num_layers`` layers; block = only
+    the first ``recompute_num_layers`` layers of each pipeline stage."""
+    recompute_num_layers: int = 1
+    """Full recompute only: layers per recompute chunk (uniform) or layers recomputed per stage (block)."""
+    recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
+    """Selective recompute only: submodules to recompute, from core_attn, layernorm, mlp. With Transformer
+    Engine's fused attention core_attn saves nothing (flash attention keeps no S x S scores); use
+    layernorm/mlp there."""
 
     @property
     def head_dim(self) -> int:
@@ -65,6 +81,22 @@ class ModelConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.fp8 != "none" and self.params_dtype != "bf16":
             raise ValueError(f"fp8={self.fp8} needs params_dtype=bf16 (got {self.params_dtype})")
+        self._validate_recompute()
+
+    def _validate_recompute(self) -> None:
+        if self.recompute_granularity == "full" and not 1 <= self.recompute_num_layers <= self.num_layers:
+            raise ValueError(
+                f"recompute_num_layers={self.recompute_num_layers} must be in [1, num_layers={self.num_layers}] "
+                "with recompute_granularity=full"
+            )
+        if self.recompute_granularity == "selective":
+            bad = sorted(set(self.recompute_modules) - set(RECOMPUTE_MODULES))
+            if bad or not self.recompute_modules:
+                raise ValueError(
+                    f"recompute_modules={self.recompute_modules} must be a non-empty subset of {list(RECOMPUTE_MODULES)}"
+                )
+            if self.fp8 != "none" and self.fp8_recipe == "delayed" and "layernorm" in self.recompute_modules:
+                raise ValueError("recompute_modules 'layernorm' does not work with fp8_recipe=delayed (Megatron-Core rule)")
 
 
 @dataclass(kw_only=True)
@@ -78,7 +110,13 @@ class ParallelConfig:
     virtual_pipeline_parallel: int = 1
     """Model chunks per pipeline rank (interleaved 1F1B when > 1; needs pipeline_parallel > 1)."""
     sequence_parallel: bool = False
-    """Megatron sequence parallelism (GPU / Transformer Engine spec only; error on CPU)."""
+    """Megatron sequence parallelism: norms, dropout and residuals split along the sequence over the TP ranks
+    (activation memory / TP). Needs tensor_parallel >= 2 and the Transformer Engine spec on GPU (error on CPU)."""
+    sequence_packing: Literal["auto", "off", "rows", "thd"] = "auto"
+    """How a micro-batch's sequences are laid out (see actor/packing.py): off = one right-padded row per
+    sequence; rows = several sequences per row with a block-diagonal causal mask (Megatron-local spec, CPU);
+    thd = one packed row with cu_seqlens (Transformer Engine on GPU). auto = thd with Transformer Engine,
+    else off."""
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend: auto = nccl with CUDA, gloo without."""
     micro_batch_size: int = 0
@@ -97,6 +135,8 @@ class ParallelConfig:
             raise ValueError("virtual_pipeline_parallel > 1 needs pipeline_parallel > 1")
         if self.micro_batch_size < 0:
             raise ValueError(f"micro_batch_size must be >= 0, got {self.micro_batch_size}")
+        if self.sequence_parallel and self.tensor_parallel < 2:
+            raise ValueError("sequence_parallel needs tensor_parallel >= 2 (it splits activations over the TP ranks)")
 
 
 @dataclass(kw_only=True)
@@ -125,6 +165,26 @@ class OptimConfig:
     """Learning-rate decay after warmup."""
     distributed_optimizer: bool = False
     """Shard optimizer state across data-parallel ranks (Megatron DistributedOptimizer)."""
+    overlap_grad_reduce: bool = False
+    """Start each gradient bucket's data-parallel all-reduce / reduce-scatter during the backward pass of
+    the last micro-batch, as soon as the bucket's gradients are final (Megatron DDP)."""
+    overlap_param_gather: bool = False
+    """Distributed optimizer: all-gather the updated parameters bucket by bucket during the next forward
+    instead of right after the optimizer step. Needs distributed_optimizer and overlap_grad_reduce."""
+    nonfinite_policy: Literal["skip", "stop"] = "skip"
+    """A step whose loss or global gradient norm is NaN/Inf: skip = zero the gradients, leave weights,
+    optimizer state and LR schedule untouched, count and log it; stop = raise NonFiniteStepError."""
+    max_consecutive_skips: int = 3
+    """With nonfinite_policy=skip: this many non-finite steps in a row stop the run (0 = never stop)."""
+
+    def validate(self) -> None:
+        if self.overlap_param_gather and not (self.distributed_optimizer and self.overlap_grad_reduce):
+            raise ValueError(
+                "optim.overlap_param_gather needs optim.distributed_optimizer=true and optim.overlap_grad_reduce=true "
+                "(only the distributed optimizer all-gathers parameters)"
+            )
+        if self.max_consecutive_skips < 0:
+            raise ValueError(f"optim.max_consecutive_skips must be >= 0, got {self.max_consecutive_skips}")
 
 
 @dataclass(kw_only=True)

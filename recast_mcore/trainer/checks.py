@@ -72,7 +72,8 @@ def check_parallel_layout(parallel_cfg: ParallelConfig, world_size: int, num_lay
 ACTOR_META = "actor_meta.json"
 """File the actor writes last into every complete checkpoint: layout, model config and vocab_size."""
 
-_NUMERICS_ONLY = ("fp8", "fp8_recipe", "transformer_impl", "params_dtype", "init_method_std")
+_NUMERICS_ONLY = ("fp8", "fp8_recipe", "transformer_impl", "params_dtype", "init_method_std",
+                  "recompute_granularity", "recompute_method", "recompute_num_layers", "recompute_modules")
 """Model fields that may change between save and load (they do not change the weights' shapes)."""
 
 
