@@ -28,7 +28,7 @@ from recast_mcore.rollout.testing import (
     constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, random_catalog,
 )
 from recast_mcore.rollout.torch_engine import TorchRolloutEngine, filter_top_k_top_p
-from recast_mcore.rollout.trie_processor import trie_processor_string
+from recast_mcore.rollout.trie_processor import trie_params, trie_processor_string
 
 
 @pytest.fixture(scope="module")
@@ -64,32 +64,38 @@ def test_catalog_mask_and_item_ids_match_item_trie(vocab, catalog):
 
 
 def test_processor_ships_by_value_and_masks_rows(tmp_path, catalog):
-    """Deserialize exactly like SGLang (dill from the JSON hex) in a process where recast_mcore is unimportable."""
-    path = catalog.save(tmp_path)
+    """Deserialize exactly like SGLang (dill from the JSON hex) in a process where recast_mcore is unimportable.
+
+    Rows: sampling rows (prefix = output ids), beam-query rows (prefix = the last ``prefix_len`` input ids),
+    an off-trie row, and a row without params (left alone)."""
+    params = trie_params(catalog.save(tmp_path))
     items = catalog.item_tokens
     prefixes = [[], items[0, :1].tolist(), items[5, :2].tolist(), items[7].tolist(), [0, 0]]
+    beam_rows = [([1, 9] + items[3, :2].tolist(), 2, []), ([1] + items[4, :1].tolist(), 1, items[4, 1:2].tolist())]
     code = f"""
 import sys, json, dill, torch
+from array import array
 sys.modules['recast_mcore'] = None
 cls = dill.loads(bytes.fromhex(json.loads(sys.stdin.read())['callable']))
-req = lambda ids: {{'trie_path': {str(path)!r}, '__req__': type('R', (), {{'output_ids': ids}})()}}
-prefixes = {prefixes!r}
-params = [req(p) for p in prefixes] + [None]
-logits = torch.zeros(len(params), {catalog.vocab_size} + 3)
-out = cls()(logits, params)
+def req(inputs, prefix_len, outs):
+    r = type('R', (), {{'origin_input_ids': array('q', inputs), 'output_ids': array('q', outs)}})()
+    return dict({params!r}, prefix_len=prefix_len, __req__=r)
+rows = [req([1, 5], 0, p) for p in {prefixes!r}] + [req(*b) for b in {beam_rows!r}] + [None]
+logits = torch.zeros(len(rows), {catalog.vocab_size} + 3)
+out = cls()(logits, rows)
 print(json.dumps(torch.isfinite(out).tolist()))
 """
     proc = subprocess.run([sys.executable, "-c", code], input=trie_processor_string(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     finite = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
-    expected = catalog.allowed_mask(prefixes[:4])
-    assert torch.equal(finite[:4, : catalog.vocab_size], expected)
-    assert not finite[:4, catalog.vocab_size :].any()  # padded vocab columns are never allowed
+    expected = catalog.allowed_mask(prefixes[:4] + [items[3, :2].tolist(), items[4, :2].tolist()])
+    assert torch.equal(finite[[0, 1, 2, 3, 5, 6], : catalog.vocab_size], expected)
+    assert not finite[:7, catalog.vocab_size :].any()  # padded vocab columns are never allowed
     eos_only = torch.zeros(catalog.vocab_size + 3, dtype=torch.bool)
     eos_only[catalog.eos_id] = True
     assert torch.equal(finite[4], eos_only)  # off-trie prefix: may only stop (client rejects the item)
-    assert finite[5].all()  # a row without params is left alone
+    assert finite[7].all()  # a row without params is left alone
 
 
 def test_filter_top_k_top_p_hand_values():
@@ -337,3 +343,26 @@ def test_processor_masks_cuda_logits_like_cpu(tmp_path, catalog):
     out = cls()(logits.clone(), params)
     assert out.device.type == "cuda"
     assert torch.equal(torch.isfinite(out).cpu()[:, : catalog.vocab_size], catalog.allowed_mask(prefixes))
+
+
+@pytest.mark.parametrize("narrow", [256, 3, 1])
+def test_processor_mask_paths_keep_allowed_logits_exactly(catalog, vocab, narrow):
+    """Narrow (gather/fill/scatter), wide (bias rows) and root (broadcast) paths: allowed logits bit-identical,
+    everything else -inf, equal to ItemTrie on mixed-depth batches with a padded vocabulary."""
+    from array import array
+
+    from recast_mcore.rollout.trie_processor import ItemTrieLogitProcessor as P
+
+    trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)
+    tables = P._prepare(catalog.tables, narrow=narrow)
+    g = torch.Generator().manual_seed(0)
+    picks = torch.randint(0, vocab.num_items, (24,), generator=g)
+    for depths in ([0] * 5, [1] * 5, [0, 1, 2, 3] * 6, [2, 3, 3, 1]):
+        prefixes = [vocab.item_tokens[int(i), :d].tolist() for i, d in zip(picks, depths)]
+        lengths, flat = array("q", map(len, prefixes)), array("q", [t for p in prefixes for t in p])
+        logits = torch.randn(len(prefixes), vocab.vocab_size + 2, generator=g)
+        out = P._mask_logits(tables, logits.clone(), P._stage(lengths, flat, torch.device("cpu")), lengths)
+        allowed = torch.stack([trie.next_token_mask(torch.tensor([p], dtype=torch.long))[0] for p in prefixes])
+        allowed = torch.cat([allowed, torch.zeros(len(prefixes), 2, dtype=torch.bool)], 1)
+        assert torch.equal(out[allowed], logits[allowed]), depths
+        assert bool(torch.isneginf(out[~allowed]).all()), depths
