@@ -104,12 +104,16 @@ class RolloutConfig:
 
     engine: Literal["sglang", "torch"] = "sglang"
     """Registered engine name."""
+    mode: Literal["sample", "beam"] = "sample"
+    """How RL candidate groups are made: sample G items per prompt, or take the top G beams of a constrained
+    beam search of width ``beam_width`` (their sequence log-probs are the old log-probs; see rollout/modes.py)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Group sampling settings."""
+    """Group sampling settings (``group_size`` is G in both modes)."""
     seed: int = 0
     """Seed of the in-process engine's sampler (SGLang servers use ``sglang.random_seed``)."""
     beam_width: int = 32
-    """Beams kept per prompt in constrained beam search (OpenOneRec-RL uses 32)."""
+    """``mode: beam``: beams kept per prompt (OpenOneRec-RL rolls out 32); the top ``sampling.group_size`` form
+    the group and every beam counts in the rollout budget. Must be >= group_size. Evaluation uses ``eval.beam_width``."""
     work_dir: str = ""
     """Scratch directory for trie tables and weight snapshots ('' = a temporary directory)."""
     torch_batch_size: int = 256
@@ -122,5 +126,8 @@ class RolloutConfig:
     def validate(self) -> None:
         if self.beam_width < 1:
             raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
+        if self.mode == "beam" and self.beam_width < self.sampling.group_size:
+            raise ValueError(f"mode 'beam' keeps the top sampling.group_size={self.sampling.group_size} beams: "
+                             f"beam_width ({self.beam_width}) must be >= it")
         if self.torch_batch_size < 1:
             raise ValueError(f"torch_batch_size must be >= 1, got {self.torch_batch_size}")

@@ -76,12 +76,16 @@ class ServerPool:
             self.close()
             raise errors[0]
 
-    def map(self, payloads: list[P], call: Callable[[SGLangClient, P], R]) -> list[R]:
-        """``[call(client, p) for p in payloads]`` spread over the live servers, with recovery and retries."""
+    def map(self, payloads: list[P], call: Callable[[SGLangClient, P], R], affinity: list[int] | None = None) -> list[R]:
+        """``[call(client, p) for p in payloads]`` spread over the live servers, with recovery and retries.
+
+        ``affinity[i]``: payloads with the same value go to the same live server (``live[a % n]``), e.g. the
+        levels of one prompt chunk's beam search (prefix cache); without it, round-robin.
+        """
         results: list[R | None] = [None] * len(payloads)
         pending = list(range(len(payloads)))
         for attempt in range(self.cfg.max_retries + 1):
-            failed = self._round(pending, payloads, call, results)
+            failed = self._round(pending, payloads, call, results, affinity)
             if not failed:
                 return results  # type: ignore[return-value]
             if attempt == self.cfg.max_retries:
@@ -95,11 +99,12 @@ class ServerPool:
             pending = sorted(failed)
         raise AssertionError("unreachable")
 
-    def _round(self, pending, payloads, call, results) -> dict[int, tuple[int, BaseException]]:
+    def _round(self, pending, payloads, call, results, affinity=None) -> dict[int, tuple[int, BaseException]]:
         if not self.live:
             raise ServerUnavailable("no SGLang server is left in rotation")
         start, self._rotation = self._rotation, self._rotation + len(pending)  # balance small maps too
-        assign = {idx: self.live[(start + k) % len(self.live)] for k, idx in enumerate(pending)}
+        slot = (lambda k, idx: affinity[idx]) if affinity is not None else (lambda k, idx: start + k)
+        assign = {idx: self.live[slot(k, idx) % len(self.live)] for k, idx in enumerate(pending)}
         failed: dict[int, tuple[int, BaseException]] = {}
         workers = min(len(pending), 4 * len(self.live))
 
