@@ -224,9 +224,14 @@ class _FakeSGLang(BaseHTTPRequestHandler):
         if hang:
             time.sleep(3.0)
         code = 400 if self.path == "/bad" else 200
+        with state["lock"]:
+            state.setdefault("paths", []).append(self.path)
+            if state.get("fail", {}).get(self.path, 0) > 0:  # this endpoint answers 500 the next n times
+                state["fail"][self.path] -= 1
+                code = 500
         if state.get("sick"):
             code = 503
-        payload = json.dumps({"echo": body, "port": self.server.server_port}).encode()
+        payload = json.dumps({"echo": body, "port": self.server.server_port, "success": True}).encode()
         try:
             self.send_response(code)
             self.send_header("Content-Length", str(len(payload)))
@@ -366,3 +371,43 @@ def test_processor_mask_paths_keep_allowed_logits_exactly(catalog, vocab, narrow
         allowed = torch.cat([allowed, torch.zeros(len(prefixes), 2, dtype=torch.bool)], 1)
         assert torch.equal(out[allowed], logits[allowed]), depths
         assert bool(torch.isneginf(out[~allowed]).all()), depths
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+def test_failed_weight_update_on_a_healthy_server_is_retried_then_the_server_is_restarted(failures):
+    """/health answers 200 but /update_weights_from_disk answers 500: retried max_retries (2) times; still failing
+    -> restarted from the current weights and re-synced. Never skipped silently."""
+    (fake,) = _fake_servers(1, hang=0)
+    try:
+        resynced = []
+        cfg = SGLangServerConfig(mode="attach", urls=[f"http://127.0.0.1:{fake.server_port}"], request_timeout_s=2,
+                                 max_retries=2)
+        pool = ServerPool(cfg, "", 0, current_weights=lambda: ("/snapshots/v8", 8), after_restart=resynced.append)
+        stub = _StubLaunched(fake)
+        pool.servers[0] = stub
+        fake.state["fail"] = {"/update_weights_from_disk": failures}
+        pool.broadcast(lambda c: c.update_weights_from_disk("/snapshots/v8", 8))
+        tries = fake.state["paths"].count("/update_weights_from_disk")
+        assert pool.update_failures == min(failures, 3)
+        if failures < 3:  # a retry succeeded: no restart
+            assert tries == failures + 1 and stub.restarted_with == [] and pool.restarts == 0
+        else:
+            assert tries == 3 and stub.restarted_with == [("/snapshots/v8", 8)] and pool.restarts == 1
+            assert [c.url for c in resynced] == [pool.clients[0].url]
+    finally:
+        fake.shutdown()
+
+
+def test_failed_weight_update_on_an_attached_server_is_never_skipped_silently():
+    servers = _fake_servers(2, hang=0)
+    try:
+        pool = _attach_pool(servers, retries=1)
+        for s in servers:
+            s.state["fail"] = {"/update_weights_from_disk": 10}
+        with pytest.raises(ServerUnavailable, match="could not be updated"):
+            pool.broadcast(lambda c: c.update_weights_from_disk("/m", 1))
+        assert pool.live == [1]  # the first was dropped from rotation (logged); the last one raises
+        assert servers[0].state["paths"].count("/update_weights_from_disk") == 2  # tried, retried once
+    finally:
+        for s in servers:
+            s.shutdown()

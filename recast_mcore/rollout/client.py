@@ -19,6 +19,10 @@ class RequestRejected(ValueError):
     """The server rejected the request (HTTP 4xx); the message carries its reason."""
 
 
+class WeightUpdateFailed(RuntimeError):
+    """The server answered a weight update with ``success: false`` (it still serves the old weights)."""
+
+
 class SGLangClient:
     """POST/GET helpers with a per-request timeout against ``url`` (``http://host:port``)."""
 
@@ -60,7 +64,7 @@ class SGLangClient:
     def update_weights_from_disk(self, model_path: str, version: int) -> None:
         out = self.post("/update_weights_from_disk", {"model_path": model_path, "weight_version": str(version)})
         if not out.get("success", False):
-            raise RuntimeError(f"{self.url}: update_weights_from_disk({model_path}) failed: {out.get('message')}")
+            raise WeightUpdateFailed(f"{self.url}: update_weights_from_disk({model_path}) failed: {out.get('message')}")
 
     def update_weights_from_tensor(self, serialized: str, version: int) -> None:
         self.post("/begin_weight_update", {})
@@ -71,4 +75,4 @@ class SGLangClient:
         finally:
             self.post("/end_weight_update", {})
         if not out.get("success", False):
-            raise RuntimeError(f"{self.url}: update_weights_from_tensor failed: {out.get('message')}")
+            raise WeightUpdateFailed(f"{self.url}: update_weights_from_tensor failed: {out.get('message')}")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 from recast_mcore.config.rollout import SGLangServerConfig
-from recast_mcore.rollout.client import RequestRejected, ServerUnavailable, SGLangClient
+from recast_mcore.rollout.client import RequestRejected, ServerUnavailable, SGLangClient, WeightUpdateFailed
 from recast_mcore.rollout.server import LaunchedServer, log_tail
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ class ServerPool:
         self.current_weights = current_weights
         self.after_restart = after_restart
         self.restarts = 0
+        self.update_failures = 0  # failed weight-update attempts (each retried or answered by a restart)
         self._rotation = 0
         self._lock = threading.Lock()
         self._own_log_dir = cfg.mode == "launch" and not cfg.log_dir
@@ -142,12 +143,44 @@ class ServerPool:
         self.after_restart(client)
 
     def broadcast(self, call: Callable[[SGLangClient], None]) -> None:
-        """Run ``call`` on every live server (weight updates); a dead launched server is restarted instead."""
+        """Run ``call`` (a weight update) on every live server; never skips one silently.
+
+        A failure (timeout, HTTP 5xx, ``success: false``) is retried ``max_retries`` times while the server
+        still answers /health; then (or at once when it is dead) a launched server is restarted from
+        ``current_weights()`` (which already name the new version) and re-synced by ``after_restart``. An
+        attached server that cannot be updated is taken out of rotation (raises if it is the last one).
+        """
         for ep in list(self.live):
+            self._update_one(ep, call)
+
+    def _update_one(self, ep: int, call: Callable[[SGLangClient], None]) -> None:
+        client, server = self.clients[ep], self.servers[ep]
+        error: BaseException | None = None
+        for attempt in range(self.cfg.max_retries + 1):
             try:
-                call(self.clients[ep])
-            except ServerUnavailable:
-                self.recover(ep)  # restarts from current_weights(), which already name the new version
+                call(client)
+                return
+            except (ServerUnavailable, WeightUpdateFailed) as exc:
+                error = exc
+                self.update_failures += 1
+                alive = (server is None or server.is_running()) and client.healthy()
+                log.warning("weight update on %s failed (attempt %d/%d, server %s): %s", client.url, attempt + 1,
+                            self.cfg.max_retries + 1, "healthy" if alive else "not answering", exc)
+                if not alive:
+                    break
+        if server is None:
+            if len(self.live) > 1:
+                log.error("attached SGLang server %s could not be updated (%s); removed from rotation", client.url, error)
+                self.live.remove(ep)
+                return
+            raise ServerUnavailable(f"the only attached SGLang server {client.url} could not be updated: {error}") from error
+        self.had_failure = True
+        model_path, version = self.current_weights()
+        log.warning("restarting SGLang server %s from %s (weight version %d) after a failed update", client.url,
+                    model_path, version)
+        server.restart(model_path, version)
+        self.restarts += 1
+        self.after_restart(client)
 
     def _tail(self, ep: int) -> str:
         server = self.servers[ep]
