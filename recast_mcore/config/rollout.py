@@ -67,7 +67,13 @@ class SGLangServerConfig:
     log_dir: str = ""
     """Where server logs go ('' = a temporary directory, removed on close unless a server failed)."""
     use_router: bool = False
-    """Front several servers with sglang_router (must be installed); otherwise the client spreads chunks itself."""
+    """Send generation requests through sglang-router (launched here, in front of the servers) instead of
+    spreading chunks round-robin; weight updates and health checks still go to every server directly."""
+    router_policy: Literal["cache_aware", "round_robin", "random", "power_of_two"] = "cache_aware"
+    """sglang-router load-balancing policy (``use_router``)."""
+    router_cache_threshold: float = 0.01
+    """sglang-router ``--cache-threshold``: the prefix-match ratio above which a request follows its cache
+    (low, so every beam-search level of a prompt chunk stays on one server; see rollout/router.py)."""
 
     def validate(self) -> None:
         if self.mode == "attach" and not self.urls:
@@ -80,6 +86,8 @@ class SGLangServerConfig:
             raise ValueError("max_retries must be >= 0 and prompts_per_request >= 1")
         if self.request_timeout_s <= 0 or self.startup_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if not 0.0 <= self.router_cache_threshold <= 1.0:
+            raise ValueError(f"router_cache_threshold must be in [0, 1], got {self.router_cache_threshold}")
 
 
 @dataclass(kw_only=True)

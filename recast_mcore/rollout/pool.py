@@ -9,24 +9,35 @@ Recovery: a launched server that is dead or unhealthy is killed and restarted (s
 current weights via ``current_weights() -> (model_path, version)`` and then ``after_restart(client)``
 (tensor sync re-pushes the last weights). An attached server that stopped answering is taken out of
 rotation while others remain (it cannot be restarted from here).
+
+With ``use_router`` the chunks of ``map`` go through sglang-router (rollout/router.py; the router picks the
+worker, cache-aware), the same guarantees hold: a failed chunk (the router's retries are off, so its failure
+reaches us) triggers recovery of every dead/unhealthy worker and is re-sent through the router. ``broadcast``
+(weight updates) never uses the router: the router forwards a request to ONE worker, while an update must
+reach every worker and report per-worker success (and the version each serves).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import shutil
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from recast_mcore.config.rollout import SGLangServerConfig
 from recast_mcore.rollout.client import RequestRejected, ServerUnavailable, SGLangClient, WeightUpdateFailed
+from recast_mcore.rollout.router import LaunchedRouter
 from recast_mcore.rollout.server import LaunchedServer, log_tail
 
 log = logging.getLogger(__name__)
 P = TypeVar("P")
+ROUTER = -1
+"""Endpoint index of the sglang-router front-end in ``map`` (workers are 0..n-1)."""
 R = TypeVar("R")
 
 
@@ -35,9 +46,6 @@ class ServerPool:
 
     def __init__(self, cfg: SGLangServerConfig, model_dir: str, weight_version: int,
                  current_weights: Callable[[], tuple[str, int]], after_restart: Callable[[SGLangClient], None]):
-        if cfg.use_router:
-            raise ValueError("sglang.use_router: sglang_router is not installed in this environment and the router "
-                             "front-end is not implemented; spread requests with the built-in client (use_router: false)")
         self.cfg = cfg
         self.current_weights = current_weights
         self.after_restart = after_restart
@@ -64,6 +72,28 @@ class ServerPool:
             dead = [c.url for c in self.clients if not c.healthy()]
             if dead:
                 raise ServerUnavailable(f"attached SGLang servers do not answer /health: {dead}")
+        self.router: LaunchedRouter | None = None
+        self.router_client: SGLangClient | None = None
+        if cfg.use_router:
+            self._start_router(urls)
+
+    def _start_router(self, urls: list[str]) -> None:
+        """sglang-router in front of ``urls``; generation requests then go through it (see rollout/router.py)."""
+        if importlib.util.find_spec("sglang_router") is None:
+            self.close()
+            raise ModuleNotFoundError("sglang.use_router: the sglang-router package is not installed "
+                                      "(pip install sglang-router==0.3.2, pinned in requirements/cpu-lock.txt)")
+        if self.cfg.mode == "attach":
+            self._own_log_dir = not self.cfg.log_dir
+            self.log_dir = Path(self.cfg.log_dir or tempfile.mkdtemp(prefix="recast-sglang-router-"))
+        self.router = LaunchedRouter(self.cfg, urls, self.log_dir / "router.log")
+        try:
+            self.router.start()
+        except BaseException:
+            self.had_failure = True
+            self.close()
+            raise
+        self.router_client = SGLangClient(self.router.url, self.cfg.request_timeout_s)
 
     def _start_all(self) -> None:
         errors: list[BaseException] = []
@@ -83,6 +113,8 @@ class ServerPool:
         ``affinity[i]``: payloads with the same value go to the same live server (``live[a % n]``), e.g. the
         levels of one prompt chunk's beam search (prefix cache); without it, round-robin.
         """
+        if self.router_client is not None:
+            self._recover_behind_router()  # the router hides unhealthy workers: restart them, never lose one silently
         results: list[R | None] = [None] * len(payloads)
         pending = list(range(len(payloads)))
         for attempt in range(self.cfg.max_retries + 1):
@@ -93,10 +125,13 @@ class ServerPool:
                 idx, (ep, exc) = next(iter(failed.items()))
                 raise ServerUnavailable(
                     f"{len(failed)} request chunks still failing after {self.cfg.max_retries} retries; "
-                    f"last error from {self.clients[ep].url}: {exc}{self._tail(ep)}"
+                    f"last error from {self._client(ep).url}: {exc}{self._tail(ep)}"
                 ) from exc
             for ep in sorted({ep for ep, _ in failed.values()}):
-                self.recover(ep)
+                if ep == ROUTER:
+                    self._recover_behind_router()
+                else:
+                    self.recover(ep)
             pending = sorted(failed)
         raise AssertionError("unreachable")
 
@@ -105,14 +140,17 @@ class ServerPool:
             raise ServerUnavailable("no SGLang server is left in rotation")
         start, self._rotation = self._rotation, self._rotation + len(pending)  # balance small maps too
         slot = (lambda k, idx: affinity[idx]) if affinity is not None else (lambda k, idx: start + k)
-        assign = {idx: self.live[slot(k, idx) % len(self.live)] for k, idx in enumerate(pending)}
+        if self.router_client is not None:  # the router picks the worker (cache-aware: affinity by prefix)
+            assign = {idx: ROUTER for idx in pending}
+        else:
+            assign = {idx: self.live[slot(k, idx) % len(self.live)] for k, idx in enumerate(pending)}
         failed: dict[int, tuple[int, BaseException]] = {}
-        workers = min(len(pending), 4 * len(self.live))
+        workers = min(len(pending), 4 * len(self.live))  # a router gets as many concurrent chunks
 
         def run(idx: int) -> None:
             ep = assign[idx]
             try:
-                results[idx] = call(self.clients[ep], payloads[idx])
+                results[idx] = call(self._client(ep), payloads[idx])
             except ServerUnavailable as exc:
                 with self._lock:
                     failed[idx] = (ep, exc)
@@ -121,6 +159,23 @@ class ServerPool:
             for fut in [pool.submit(run, i) for i in pending]:
                 fut.result()  # re-raises RequestRejected and programming errors
         return failed
+
+    def _client(self, ep: int) -> SGLangClient:
+        return self.router_client if ep == ROUTER else self.clients[ep]
+
+    def _recover_behind_router(self) -> None:
+        """A request through the router failed: recover every worker that is dead or unhealthy, then give the
+        router's health check (every 2 s) time to route to the restarted ones again."""
+        if self.router is not None and not self.router.is_running():
+            self.had_failure = True
+            log.warning("sglang-router at %s died; restarting it", self.router.url)
+            self.router.stop()
+            self.router.start()
+        before = self.restarts + len(self.live)
+        for ep in list(self.live):
+            self.recover(ep)
+        if self.restarts + len(self.live) != before:
+            time.sleep(3.0)
 
     def recover(self, ep: int) -> None:
         """Make endpoint ``ep`` serve again (restart a launched server) or drop it (attached)."""
@@ -183,11 +238,13 @@ class ServerPool:
         self.after_restart(client)
 
     def _tail(self, ep: int) -> str:
-        server = self.servers[ep]
+        server = self.router if ep == ROUTER else self.servers[ep]
         return f"\nlog tail of {server.log_path}:\n{log_tail(server.log_path)}" if server else ""
 
     def close(self) -> None:
-        """Stop launched servers; a temporary log directory is removed unless something failed."""
+        """Stop launched servers (and the router); a temporary log directory is removed unless something failed."""
+        if getattr(self, "router", None) is not None:
+            self.router.stop()
         for server in self.servers:
             if server is not None:
                 server.stop()
