@@ -6,15 +6,17 @@ Reference = the tiny HF Llama the server loaded (or the weights last pushed to i
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 
 import pytest
 import torch
 
-from recast_mcore.config.rollout import SamplingConfig, SGLangServerConfig, WeightSyncConfig
+from recast_mcore.config.rollout import RolloutConfig, SamplingConfig, SGLangServerConfig, WeightSyncConfig
 from recast_mcore.rollout.catalog import ItemCatalog
 from recast_mcore.rollout.client import RequestRejected
+from recast_mcore.rollout.modes import roll_out
 from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine
 from recast_mcore.rollout.testing import (
     constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, perturbed_state_dict, random_catalog,
@@ -75,9 +77,19 @@ def test_sampled_items_are_valid_with_reference_logprobs(setup):
     assert len(torch.unique(groups.item_ids)) > 3  # it samples, not argmax
 
 
+def test_server_runs_the_overlap_scheduler(setup):
+    """Every test of this module runs with SGLang's overlap scheduler ON (delayed sampling keeps the trie
+    processor's prefix exact; see docs/rollout.md)."""
+    info = setup["engine"].pool.clients[0].session.get(setup["engine"].pool.clients[0].url + "/get_server_info").json()
+    assert info["disable_overlap_schedule"] is False
+
+
 def test_beam_search_equals_exhaustive_enumeration(setup):
     engine, catalog, model, prompts = setup["engine"], setup["catalog"], setup["model"], setup["prompts"][:2]
+    before = engine.pool.traffic()
     full = engine.beam_search(prompts, beam_width=catalog.num_items)
+    # O(levels) requests: one per prompt chunk (prompts_per_request = 16 > 2 prompts) and item level
+    assert engine.pool.traffic()["requests"] - before["requests"] == catalog.item_len
     assert bool((full.item_ids >= 0).all())
     for b, prompt in enumerate(prompts):
         exact = exhaustive_scores(model, catalog, prompt).topk(catalog.num_items)
@@ -87,6 +99,18 @@ def test_beam_search_equals_exhaustive_enumeration(setup):
     local = TorchRolloutEngine(catalog, hf_logits_fn(model)).beam_search(prompts, beam_width=5)
     assert torch.equal(narrow.item_ids, local.item_ids)
     assert (narrow.scores - local.scores).abs().max().item() < TOL
+    tokens = narrow.token_logprobs.reshape(-1, catalog.response_len)
+    ref = constrained_logprobs(model, catalog, [p for p in prompts for _ in range(5)], narrow.responses.reshape(-1, 4))
+    assert (tokens - ref).abs().max().item() < TOL  # per-token constrained log-probs (the old log-probs of beam mode)
+
+
+def test_beam_mode_rollouts(setup):
+    engine, catalog = setup["engine"], setup["catalog"]
+    cfg = RolloutConfig(mode="beam", beam_width=6, sampling=SamplingConfig(group_size=4))
+    groups = roll_out(engine, setup["prompts"], [[0]] * 8, cfg)
+    assert groups.responses.shape == (8, 4, 4) and groups.num_sampled == 8 * 6
+    assert bool((groups.item_ids >= 0).all()) and groups.policy_version == engine.policy_version
+    _check_groups_against_reference(setup, groups, 4)
 
 
 def test_invalid_prompts_give_clear_errors(setup):
@@ -230,6 +254,29 @@ def test_attach_mode_uses_a_running_server(setup, tmp_path):
     finally:
         attached.close()
     assert engine.pool.servers[0].is_running()  # closing an attached engine leaves the server alone
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sglang_router") is None, reason="sglang-router not installed")
+def test_router_in_front_of_the_server_keeps_the_trie_processor_and_logprobs(setup, tmp_path):
+    """sglang-router (real) in front of the fixture's server: the custom processor and its params pass through,
+    sampled items are valid with reference log-probs, beam search equals the in-process engine's."""
+    engine = setup["engine"]
+    cfg = SGLangServerConfig(mode="attach", urls=[engine.pool.clients[0].url], request_timeout_s=60, use_router=True,
+                             log_dir=str(tmp_path / "logs"))
+    routed = SGLangRolloutEngine(cfg, WeightSyncConfig(), setup["catalog"], engine.model_path,
+                                 work_dir=str(tmp_path / "w"), initial_version=engine.policy_version)
+    try:
+        groups = routed.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=3))
+        _check_groups_against_reference(setup, groups, 3)
+        prompts = setup["prompts"][:2]
+        beams = routed.beam_search(prompts, 5)
+        local = TorchRolloutEngine(setup["catalog"], hf_logits_fn(setup["model"])).beam_search(prompts, 5)
+        assert torch.equal(beams.item_ids, local.item_ids)
+        # generation went through the router (1 sampling chunk + 3 beam levels); only the initial weight load
+        # (attach mode) went to the worker directly
+        assert routed.pool.router_client.traffic["requests"] == 4 and routed.pool.clients[0].traffic["requests"] == 1
+    finally:
+        routed.close()
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "actor-worker":

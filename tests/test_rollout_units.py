@@ -338,16 +338,23 @@ def test_pool_restarts_a_launched_server_that_stopped_answering_with_the_current
 
 @pytest.mark.gpu
 def test_processor_masks_cuda_logits_like_cpu(tmp_path, catalog):
+    """CUDA: tables cached on the device, prefixes staged through pinned memory, both mask paths, repeated steps."""
     import dill
+    from array import array
 
     cls = dill.loads(bytes.fromhex(json.loads(trie_processor_string())["callable"]))
-    path = str(catalog.save(tmp_path))
-    prefixes = [[], catalog.item_tokens[3, :2].tolist()]
-    params = [{"trie_path": path, "__req__": SimpleNamespace(output_ids=p)} for p in prefixes]
-    logits = torch.randn(2, catalog.vocab_size + 5, device="cuda")
-    out = cls()(logits.clone(), params)
-    assert out.device.type == "cuda"
-    assert torch.equal(torch.isfinite(out).cpu()[:, : catalog.vocab_size], catalog.allowed_mask(prefixes))
+    params = trie_params(catalog.save(tmp_path))
+    items = catalog.item_tokens
+    for prefixes in ([[]] * 3, [[], items[3, :2].tolist(), items[5].tolist(), items[1, :1].tolist()]):
+        rows = [dict(params, __req__=SimpleNamespace(origin_input_ids=array("q", [1]), output_ids=array("q", p)))
+                for p in prefixes]
+        logits = torch.randn(len(rows), catalog.vocab_size + 5, device="cuda")
+        out = cls()(logits.clone(), rows)
+        assert out.device.type == "cuda"
+        allowed = catalog.allowed_mask(prefixes)
+        assert torch.equal(torch.isfinite(out).cpu()[:, : catalog.vocab_size], allowed)
+        assert torch.equal(out[:, : catalog.vocab_size][allowed.cuda()], logits[:, : catalog.vocab_size][allowed.cuda()])
+    assert any(k[1].startswith("cuda") for k in cls.__dict__["_table_cache"])  # tables live on the device
 
 
 @pytest.mark.parametrize("narrow", [256, 3, 1])

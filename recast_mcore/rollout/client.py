@@ -30,6 +30,8 @@ class SGLangClient:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.session = requests.Session()
+        self.traffic = {"requests": 0, "bytes_sent": 0, "bytes_received": 0}
+        """POST requests answered and their body sizes (HTTP payload bytes, headers excluded)."""
 
     def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
         try:
@@ -38,6 +40,9 @@ class SGLangClient:
             raise ServerUnavailable(f"{self.url}{path}: no answer within {timeout_s or self.timeout_s:.0f} s (hung?)") from exc
         except requests.RequestException as exc:
             raise ServerUnavailable(f"{self.url}{path}: {type(exc).__name__}: {exc}") from exc
+        self.traffic["requests"] += 1
+        self.traffic["bytes_sent"] += len(resp.request.body or b"")
+        self.traffic["bytes_received"] += len(resp.content)
         if resp.status_code >= 500:
             raise ServerUnavailable(f"{self.url}{path}: HTTP {resp.status_code}: {resp.text[:500]}")
         if resp.status_code >= 400:

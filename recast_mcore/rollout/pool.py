@@ -160,6 +160,11 @@ class ServerPool:
                 fut.result()  # re-raises RequestRejected and programming errors
         return failed
 
+    def traffic(self) -> dict[str, int]:
+        """POST requests and payload bytes so far, summed over the servers (and the router)."""
+        clients = self.clients + ([self.router_client] if self.router_client is not None else [])
+        return {k: sum(c.traffic[k] for c in clients) for k in ("requests", "bytes_sent", "bytes_received")}
+
     def _client(self, ep: int) -> SGLangClient:
         return self.router_client if ep == ROUTER else self.clients[ep]
 

@@ -239,11 +239,8 @@ class ItemTrieLogitProcessor:
         if cache is None:
             cache = {}
             setattr(cls, "_table_cache", cache)
-        if (key, str(device)) not in cache:
-            host = cache.get((key, "cpu"))
-            if host is None:
-                host = cls._prepare(torch.load(path, weights_only=True))
-                cache[(key, "cpu")] = host
+        if (key, str(device)) not in cache:  # first request naming this catalog on this device
+            host = cache.get((key, "cpu")) or cls._prepare(torch.load(path, weights_only=True))
             cache[(key, str(device))] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in host.items()}
         return cache[(key, str(device))]
 
@@ -269,7 +266,7 @@ class ItemTrieLogitProcessor:
             bias[row, tables["edge_token"][edge]] = 0.0
         root_bias = torch.full((v,), float("-inf"))
         root_bias[tables["edge_token"][: int(tables["node_start"][1])]] = 0.0
-        out = {k: tables[k] for k in ("edge_key", "edge_token", "edge_child", "node_start", "node_item")}
+        out = {k: tables[k] for k in ("edge_key", "edge_token", "edge_child", "node_start")}
         out.update(wide_id=wide_id, wide_bias=bias, root_bias=root_bias, narrow=narrow, vocab=v, eos=int(tables["eos_id"]),
                    item_len=int(tables["item_len"]), depth_max=[int(x) for x in tables["depth_max_children"]])
         return out
