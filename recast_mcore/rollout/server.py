@@ -64,7 +64,7 @@ def launch_command(cfg: SGLangServerConfig, model_path: str, port: int, weight_v
         "--weight-version", str(weight_version),
     ]
     if needs_cpu_bridges():
-        cmd += ["--device", "cpu", "--disable-overlap-schedule"]
+        cmd += ["--device", "cpu"]  # the overlap scheduler stays on (delayed sampling, see LaunchedServer.start)
     if cfg.mem_fraction_static > 0:
         cmd += ["--mem-fraction-static", str(cfg.mem_fraction_static)]
     return cmd + list(cfg.extra_args)
