@@ -51,7 +51,8 @@ def parse_args() -> argparse.Namespace:
     proc = sub.add_parser("processor", help="trie processor time per decode step")
     proc.add_argument("--rows", type=int, nargs="+", default=[256, 1024, 4096])
     proc.add_argument("--repeats", type=int, default=7)
-    proc.add_argument("--baseline-ref", default="", help="git revision whose processor is timed side by side")
+    proc.add_argument("--baseline-ref", default="",
+                      help="git revision (or a trie_processor.py file) whose processor is timed side by side")
     beam = sub.add_parser("beam", help="SGLang beam search at scale")
     beam.add_argument("--prompts", type=int, default=256)
     beam.add_argument("--beam-width", type=int, default=32)
@@ -98,9 +99,12 @@ def median_ms(fn, repeats: int, setup=None) -> float:
 
 # ---- processor ----------------------------------------------------------------------------------------
 def baseline_processor(ref: str):
-    """The ``ItemTrieLogitProcessor`` of git revision ``ref`` (its module imported from ``git show``)."""
-    src = subprocess.run(["git", "show", f"{ref}:recast_mcore/rollout/trie_processor.py"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    """The ``ItemTrieLogitProcessor`` of git revision ``ref`` (``git show``), or of the file ``ref``."""
+    if Path(ref).is_file():
+        src = Path(ref).read_text()
+    else:
+        src = subprocess.run(["git", "show", f"{ref}:recast_mcore/rollout/trie_processor.py"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp(prefix="baseline-")) / "baseline_trie_processor.py"
     path.write_text(src)
     spec = importlib.util.spec_from_file_location("baseline_trie_processor", path)
