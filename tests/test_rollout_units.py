@@ -418,3 +418,51 @@ def test_failed_weight_update_on_an_attached_server_is_never_skipped_silently():
     finally:
         for s in servers:
             s.shutdown()
+
+
+def _simulate_scheduler(catalog, path, prompts, delayed: bool, with_kv: bool = True) -> torch.Tensor:
+    """SGLang's overlap loop on fake requests: step t's KV slot is allocated before its sampling; the tokens
+    sampled at step t-1 reach ``output_ids`` after step t's sampling (overlap) or before it (delayed sampling,
+    ``SGLANG_ENABLE_DELAY_SAMPLE=1``). A fixed random 'model'; the shipped processor masks; greedy picks."""
+    from array import array
+
+    import dill
+
+    cls = dill.loads(bytes.fromhex(json.loads(trie_processor_string())["callable"]))
+    reqs = [SimpleNamespace(origin_input_ids=array("q", p), output_ids=array("q"),
+                            kv=SimpleNamespace(kv_allocated_len=len(p))) for p in prompts]
+    if not with_kv:
+        for r in reqs:
+            del r.kv
+    params = [dict(trie_params(path), __req__=r) for r in reqs]
+    g = torch.Generator().manual_seed(0)
+    pending = None
+    for t in range(catalog.response_len):
+        if t > 0 and with_kv:
+            for r in reqs:
+                r.kv.kv_allocated_len += 1  # prepare_for_decode: the slot of the token decoded now
+        if delayed and pending is not None:
+            for r, tok in zip(reqs, pending):
+                r.output_ids.append(tok)  # previous result processed before sampling
+            pending = None
+        logits = torch.randn(len(reqs), catalog.vocab_size, generator=g)
+        sampled = cls()(logits, params).argmax(1).tolist()
+        if pending is not None:
+            for r, tok in zip(reqs, pending):
+                r.output_ids.append(tok)  # overlap: the previous result lands after this step's sampling
+        pending = sampled
+    for r, tok in zip(reqs, pending):
+        r.output_ids.append(tok)
+    return torch.tensor([list(r.output_ids) for r in reqs])
+
+
+def test_overlap_lag_is_detected_and_delayed_sampling_is_exact(tmp_path, catalog):
+    """CPU simulation of the overlap scheduler's lagging output ids (the GPU case runs in test_rollout_gpu.py)."""
+    path = catalog.save(tmp_path)
+    prompts = [[1, 5 + i] for i in range(16)]
+    exact = _simulate_scheduler(catalog, path, prompts, delayed=True)
+    assert bool((catalog.item_ids(exact) >= 0).all()) and bool((exact[:, -1] == catalog.eos_id).all())
+    lagging = _simulate_scheduler(catalog, path, prompts, delayed=False)
+    assert bool((lagging[:, 1] == catalog.eos_id).all())  # the guard: a lagging row may only stop -> client error
+    unguarded = _simulate_scheduler(catalog, path, prompts, delayed=False, with_kv=False)
+    assert bool((catalog.item_ids(unguarded) < 0).any())  # what the lag does without delayed sampling or guard

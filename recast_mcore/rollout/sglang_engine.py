@@ -123,7 +123,9 @@ class SGLangRolloutEngine:
         ids = [int(p[1]) for p in pairs]
         if len(ids) != t_len or ids[-1] != self.catalog.eos_id:
             raise RuntimeError(f"SGLang sample {ids} is not an item of {t_len - 1} tokens + EOS "
-                               f"(finish_reason {meta.get('finish_reason')})")
+                               f"(finish_reason {meta.get('finish_reason')}); an early EOS is how the trie processor "
+                               "ends a row whose output ids lag the sampler: start servers with "
+                               "SGLANG_ENABLE_DELAY_SAMPLE=1 (or --disable-overlap-schedule)")
         return ids, [float(p[0]) for p in pairs]
 
     def _check_version(self, meta: dict[str, Any]) -> None:

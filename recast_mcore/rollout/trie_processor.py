@@ -182,7 +182,13 @@ class ItemTrieLogitProcessor:
 
     @staticmethod
     def _read_prefixes(params):
-        """Row lengths and the flat prefix tokens (last ``prefix_len`` inputs + outputs), C-level iteration only."""
+        """Row lengths and the flat prefix tokens (last ``prefix_len`` inputs + outputs), C-level iteration only.
+
+        Overlap guard: SGLang allocates a request's KV slot for the token being decoded before it samples, so at
+        sampling time ``kv.kv_allocated_len == len(origin_input_ids) + len(output_ids)``; one more means the
+        output ids lag the sampler by a token (overlap scheduler without delayed sampling). Such a row gets an
+        off-trie prefix, so it may only emit EOS and the client rejects the item: never a silently wrong mask.
+        """
         from array import array
         from collections import deque
         from itertools import chain, repeat
@@ -190,15 +196,23 @@ class ItemTrieLogitProcessor:
 
         reqs = list(map(itemgetter("__req__"), params))
         outs = list(map(attrgetter("output_ids"), reqs))
+        out_lens = array("q", map(len, outs))
         pre_lens = list(map(itemgetter("prefix_len"), params))
         if any(pre_lens):
             origins = list(map(attrgetter("origin_input_ids"), reqs))
             cuts = map(slice, map(sub, map(len, origins), pre_lens), repeat(None))
             pres = list(map(getitem, origins, cuts))
-            lengths = array("q", map(add, map(len, outs), pre_lens))
+            lengths = array("q", map(add, out_lens, pre_lens))
         else:
             pres = list(repeat((), len(params)))
-            lengths = array("q", map(len, outs))
+            lengths = array("q", out_lens)
+        if hasattr(reqs[0], "kv"):  # SGLang's Req (0.5.23); tests may pass plain objects
+            allocated = array("q", map(attrgetter("kv.kv_allocated_len"), reqs))
+            known = array("q", map(add, map(len, map(attrgetter("origin_input_ids"), reqs)), out_lens))
+            if any(map(int.__gt__, allocated, known)):  # rare (misconfigured server): per-row fix-up is fine
+                for r in [i for i, (a, k) in enumerate(zip(allocated, known)) if a > k]:
+                    outs[r] = array("q", [1 << 40])  # no such token: off-trie, EOS only
+                    lengths[r] = len(pres[r]) + 1
         flat = array("q")
         deque(map(flat.extend, chain.from_iterable(zip(pres, outs))), maxlen=0)  # C-level consumption
         return lengths, flat
