@@ -176,10 +176,10 @@ class ServerPool:
             log.warning("sglang-router at %s died; restarting it", self.router.url)
             self.router.stop()
             self.router.start()
-        before = self.restarts + len(self.live)
+        before = (self.restarts, len(self.live))
         for ep in list(self.live):
             self.recover(ep)
-        if self.restarts + len(self.live) != before:
+        if (self.restarts, len(self.live)) != before:
             time.sleep(3.0)
 
     def recover(self, ep: int) -> None:
