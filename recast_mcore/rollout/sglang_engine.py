@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from operator import add, itemgetter
+from itertools import chain
+from operator import add, itemgetter, methodcaller
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +136,7 @@ class SGLangRolloutEngine:
 
     def _check_versions(self, metas: list[dict[str, Any]]) -> None:
         """Every answer must come from the current weight version (one C-level pass)."""
-        versions = set(map(_weight_version, metas))
+        versions = set(map(methodcaller("get", "weight_version"), metas))
         if versions != {str(self.policy_version)}:
             bad = sorted(str(v) for v in versions - {str(self.policy_version)})
             raise StaleWeightsError(f"beam queries answered by weight version(s) {bad}, engine serves {self.policy_version}")
@@ -176,7 +177,7 @@ class SGLangRolloutEngine:
         } for lo, hi in spans]
         outs = self.pool.map(bodies, lambda client, body: client.generate(body),
                              affinity=[int(chunk_of[lo]) for lo, _ in spans])
-        samples = [s for out in outs for s in out]
+        samples = list(chain.from_iterable(outs))
         if len(samples) != len(seqs):
             raise RuntimeError(f"SGLang answered {len(samples)} of {len(seqs)} beam queries")
         metas = list(map(itemgetter("meta_info"), samples))
@@ -235,10 +236,6 @@ class SGLangRolloutEngine:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _weight_version(meta: dict[str, Any]) -> Any:
-    return meta.get("weight_version")
 
 
 def _chunks(items: list, size: int) -> list[list]:
