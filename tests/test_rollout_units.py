@@ -286,6 +286,9 @@ def test_a_sample_from_another_weight_version_is_rejected():
         engine._check_version({"weight_version": "2"})
     with pytest.raises(StaleWeightsError, match="'default'"):
         engine._check_version({"weight_version": "default"})  # a server nobody labelled
+    engine._check_versions([{"weight_version": "3"}] * 4)  # beam answers: one pass over all of them
+    with pytest.raises(StaleWeightsError, match=r"version\(s\) \['2'\], engine serves 3"):
+        engine._check_versions([{"weight_version": "3"}, {"weight_version": "2"}])
 
 
 def test_weights_that_do_not_fit_the_served_model_are_rejected_before_sync(tmp_path, model):
