@@ -48,7 +48,8 @@ def setup(tmp_path_factory):
 
     export_hf_dir(root / "hf", model.state_dict(), _actor_model_cfg(), vocab.token_strings,
                   pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-    cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(root / "logs"), request_timeout_s=60)
+    cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(root / "logs"), request_timeout_s=60,
+                             startup_timeout_s=900)  # imports alone take minutes on this shared 2-core machine
     engine = SGLangRolloutEngine(cfg, WeightSyncConfig(method="disk"), catalog, str(root / "hf"),
                                  work_dir=str(root / "work"))
     prompts = [vocab.encode_prompt([i, (3 * i) % 40, (5 * i + 1) % 40][: 1 + i % 3]) for i in range(8)]

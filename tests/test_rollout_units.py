@@ -381,6 +381,10 @@ def test_processor_mask_paths_keep_allowed_logits_exactly(catalog, vocab, narrow
         allowed = torch.cat([allowed, torch.zeros(len(prefixes), 2, dtype=torch.bool)], 1)
         assert torch.equal(out[allowed], logits[allowed]), depths
         assert bool(torch.isneginf(out[~allowed]).all()), depths
+        buffered = dict(tables, bias_buffer=P._buffer_fn(vocab.vocab_size, torch.device("cpu")))  # as on a server
+        for _ in range(2):  # the scratch buffer is reused (and grown) across steps
+            again = P._mask_logits(buffered, logits.clone(), P._stage(lengths, flat, torch.device("cpu")), lengths)
+            assert torch.equal(again, out), depths
 
 
 @pytest.mark.parametrize("failures", [1, 3])

@@ -171,6 +171,7 @@ def bench_beam(args) -> dict:
     make_tiny_llama(root / "hf", vocab.vocab_size, hidden=args.hidden, layers=args.layers)
     prompts = prompts_for(vocab, args.prompts, args.history)
     cfg = SGLangServerConfig(max_total_tokens=131072, omp_threads=args.server_threads, request_timeout_s=1800,
+                             startup_timeout_s=1200,
                              prompts_per_request=args.prompts_per_request, num_servers=args.servers)
     t0 = time.perf_counter()
     with SGLangRolloutEngine(cfg, WeightSyncConfig(), catalog, str(root / "hf"), work_dir=str(root / "work")) as eng:

@@ -255,8 +255,24 @@ class ItemTrieLogitProcessor:
             setattr(cls, "_table_cache", cache)
         if (key, str(device)) not in cache:  # first request naming this catalog on this device
             host = cache.get((key, "cpu")) or cls._prepare(torch.load(path, weights_only=True))
-            cache[(key, str(device))] = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in host.items()}
+            tables = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in host.items()}
+            tables["bias_buffer"] = cls._buffer_fn(tables["vocab"], device)
+            cache[(key, str(device))] = tables
         return cache[(key, str(device))]
+
+    @staticmethod
+    def _buffer_fn(vocab, device):
+        """``rows -> [rows, vocab]`` float view of one grow-only scratch buffer on ``device``."""
+        import torch
+
+        store = {}
+
+        def view(rows):
+            if store.get("buf") is None or store["buf"].numel() < rows * vocab:
+                store["buf"] = torch.empty(rows * vocab, device=device)
+            return store["buf"][: rows * vocab].view(rows, vocab)
+
+        return view
 
     @staticmethod
     def _prepare(tables, budget_bytes=64 * 2**20, narrow=256):
@@ -329,7 +345,9 @@ class ItemTrieLogitProcessor:
             logits.scatter_(1, idx, kept)
             return logits
         wide = torch.where(on_trie, tables["wide_id"][node], 0)
-        bias = tables["wide_bias"].index_select(0, wide)
+        # reused scratch (server tables): no [R, V] allocation per step (on CPU that is fresh zeroed pages each time)
+        bias = tables["bias_buffer"](rows) if "bias_buffer" in tables else torch.empty(rows, v, device=dev)
+        torch.index_select(tables["wide_bias"], 0, wide, out=bias)
         bias.scatter_(1, idx, 0.0)
         logits[:, :v] += bias
         return logits
