@@ -5,10 +5,13 @@ a request (nothing lost or double-counted). Real SGLang through the router: test
 from __future__ import annotations
 
 import importlib.util
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from recast_mcore.config.rollout import SGLangServerConfig
+from recast_mcore.config.rollout import SGLangServerConfig, WeightSyncConfig
 from recast_mcore.rollout.pool import ServerPool
 
 from test_rollout_units import _fake_servers, _StubLaunched
@@ -71,3 +74,59 @@ def test_router_failures_are_recovered_and_nothing_is_lost_or_double_counted(rou
     assert stub.restarted_with == [("/snapshots/v3", 3)]  # the hidden unhealthy worker was restarted
     served = sum(f.state["paths"].count("/generate") for f in fakes)
     assert served == 8 + sum(1 for f in fakes if f.state["fail"]["/generate"] == 0)  # each failure re-sent once
+
+
+class _ConstrainingFake(BaseHTTPRequestHandler):
+    """Answers /generate like SGLang with the trie processor: only the root tokens when the request still carries
+    ``sampling_params.custom_params`` (SGLang hands the processor the request only then), any token otherwise."""
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        if self.path == "/generate":
+            k, roots = body.get("top_logprobs_num", 1), self.server.roots
+            constrained = "custom_params" in body.get("sampling_params", {})
+            top = [[-0.5, t, None] for t in roots] + [[None, 0, None]] if constrained else \
+                [[-0.5, t, None] for t in range(k)]
+            out = [{"meta_info": {"output_top_logprobs": [top[:k]], "weight_version": "0"}} for _ in body["input_ids"]]
+        else:
+            out = {"success": True}
+        data = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_engine_refuses_a_router_that_drops_the_trie_params(tmp_path):
+    """sglang-router 0.3.2 re-serializes /generate without sampling_params.custom_params: the engine's check
+    (one constrained request through the router) sees unconstrained tokens and refuses the router; the same
+    check passes when the worker is reached directly."""
+    from recast_mcore.rollout.catalog import ItemCatalog
+    from recast_mcore.rollout.sglang_engine import RouterUnsupportedError, SGLangRolloutEngine
+    from recast_mcore.rollout.testing import random_catalog
+
+    catalog = ItemCatalog.from_vocab(random_catalog(40, [6, 5, 4], seed=3))
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    fake = ThreadingHTTPServer(("127.0.0.1", 0), _ConstrainingFake)
+    fake.roots = catalog.tables["edge_token"][: int(catalog.tables["node_start"][1])].tolist()
+    threading.Thread(target=fake.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{fake.server_port}"
+    try:
+        cfg = SGLangServerConfig(mode="attach", urls=[url], use_router=True, request_timeout_s=20,
+                                 log_dir=str(tmp_path / "logs"))
+        with pytest.raises(RouterUnsupportedError, match="custom_params"):
+            SGLangRolloutEngine(cfg, WeightSyncConfig(), catalog, str(tmp_path / "hf"), work_dir=str(tmp_path / "w"))
+        direct = SGLangRolloutEngine(SGLangServerConfig(mode="attach", urls=[url], request_timeout_s=20),
+                                     WeightSyncConfig(), catalog, str(tmp_path / "hf"), work_dir=str(tmp_path / "w2"))
+        direct._check_router_applies_the_trie()  # the check itself passes when the params arrive
+        direct.close()
+    finally:
+        fake.shutdown()

@@ -17,7 +17,7 @@ from recast_mcore.config.rollout import RolloutConfig, SamplingConfig, SGLangSer
 from recast_mcore.rollout.catalog import ItemCatalog
 from recast_mcore.rollout.client import RequestRejected
 from recast_mcore.rollout.modes import roll_out
-from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine
+from recast_mcore.rollout.sglang_engine import RouterUnsupportedError, SGLangRolloutEngine
 from recast_mcore.rollout.testing import (
     constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, perturbed_state_dict, random_catalog,
 )
@@ -258,27 +258,16 @@ def test_attach_mode_uses_a_running_server(setup, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("sglang_router") is None, reason="sglang-router not installed")
-def test_router_in_front_of_the_server_keeps_the_trie_processor_and_logprobs(setup, tmp_path):
-    """sglang-router (real) in front of the fixture's server: the custom processor and its params pass through,
-    sampled items are valid with reference log-probs, beam search equals the in-process engine's."""
+def test_router_in_front_of_the_server_is_refused_because_it_drops_the_trie_params(setup, tmp_path):
+    """sglang-router 0.3.2 (real) in front of the fixture's server: it forwards /generate without
+    ``sampling_params.custom_params``, so the trie processor never sees the request (measured: unconstrained,
+    non-item samples through it). The engine's check refuses the router with a clear error; the server is left
+    running and serving."""
     engine = setup["engine"]
     cfg = SGLangServerConfig(mode="attach", urls=[engine.pool.clients[0].url], request_timeout_s=60, use_router=True,
                              log_dir=str(tmp_path / "logs"))
-    routed = SGLangRolloutEngine(cfg, WeightSyncConfig(), setup["catalog"], engine.model_path,
-                                 work_dir=str(tmp_path / "w"), initial_version=engine.policy_version)
-    try:
-        groups = routed.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=3))
-        _check_groups_against_reference(setup, groups, 3)
-        prompts = setup["prompts"][:2]
-        beams = routed.beam_search(prompts, 5)
-        local = TorchRolloutEngine(setup["catalog"], hf_logits_fn(setup["model"])).beam_search(prompts, 5)
-        assert torch.equal(beams.item_ids, local.item_ids)
-        # generation went through the router (1 sampling chunk + 3 beam levels); only the initial weight load
-        # (attach mode) went to the worker directly
-        assert routed.pool.router_client.traffic["requests"] == 4 and routed.pool.clients[0].traffic["requests"] == 1
-    finally:
-        routed.close()
-
-
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "actor-worker":
-    _actor_worker(sys.argv[2])
+    with pytest.raises(RouterUnsupportedError, match="custom_params"):
+        SGLangRolloutEngine(cfg, WeightSyncConfig(), setup["catalog"], engine.model_path,
+                            work_dir=str(tmp_path / "w"), initial_version=engine.policy_version)
+    groups = engine.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=2))
+    _check_groups_against_reference(setup, groups, 2)

@@ -46,6 +46,10 @@ class StaleWeightsError(RuntimeError):
     """A server answered with a weight version other than the engine's current one."""
 
 
+class RouterUnsupportedError(RuntimeError):
+    """sglang-router does not deliver what the trie-constrained requests need (see ``_check_router_applies_the_trie``)."""
+
+
 class SGLangRolloutEngine:
     """Rollouts from a pool of SGLang servers (see module docstring)."""
 
@@ -70,6 +74,25 @@ class SGLangRolloutEngine:
             # Servers started by the user: make them serve exactly model_dir, labelled initial_version
             # (shared filesystem, as for disk sync).
             self.pool.broadcast(lambda c: c.update_weights_from_disk(self.model_path, initial_version))
+        if server_cfg.use_router:
+            self._check_router_applies_the_trie()
+
+    def _check_router_applies_the_trie(self) -> None:
+        """One constrained 1-token request through the router: its top-(n+1) log-probs at the root must hold the
+        n root tokens and nothing else. sglang-router 0.3.2 re-serializes requests without
+        ``sampling_params.custom_params`` (measured), so SGLang never hands the processor the request: refuse it."""
+        roots = self.catalog.tables["edge_token"][: int(self.catalog.tables["node_start"][1])].tolist()
+        body = {"input_ids": [[self.catalog.eos_id]], "custom_logit_processor": self.processor,
+                "sampling_params": {"temperature": 0.0, "max_new_tokens": 1, "custom_params": trie_params(self.trie_path)},
+                "return_logprob": True, "top_logprobs_num": min(len(roots) + 1, self.catalog.vocab_size)}
+        top = self.pool.map([body], lambda client, b: client.generate(b))[0][0]["meta_info"]["output_top_logprobs"][0]
+        finite = {int(t) for lp, t, _ in top if lp is not None and lp > -1e30}
+        if finite != set(roots):
+            self.close()
+            raise RouterUnsupportedError(
+                "sglang.use_router: the trie constraint is not applied through sglang-router (it forwarded the request "
+                "without sampling_params.custom_params, so SGLang hands the processor no request); generation needs the "
+                "constraint, so use the built-in pool (use_router: false). See docs/rollout.md.")
 
     # ---- sampling -------------------------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], targets: list[list[int]], sampling: SamplingConfig) -> RolloutGroups:
