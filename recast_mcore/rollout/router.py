@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from recast_mcore.config.rollout import SGLangServerConfig
-from recast_mcore.rollout.server import LaunchedServer
+from recast_mcore.rollout.server import LaunchedServer, find_free_port
 
 
 class LaunchedRouter(LaunchedServer):
@@ -38,6 +38,7 @@ class LaunchedRouter(LaunchedServer):
             "--health-check-interval-secs", "2", "--health-failure-threshold", "1", "--health-success-threshold", "1",
             "--request-timeout-secs", str(int(self.cfg.request_timeout_s) + 60),
             "--max-payload-size", str(1 << 30),
+            "--prometheus-host", self.cfg.host, "--prometheus-port", str(find_free_port(self.cfg.host)),  # default 29000 clashes
             "--log-level", "warn",
         ]
 
