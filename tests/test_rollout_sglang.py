@@ -6,16 +6,18 @@ Reference = the tiny HF Llama the server loaded (or the weights last pushed to i
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 
 import pytest
 import torch
 
-from recast_mcore.config.rollout import SamplingConfig, SGLangServerConfig, WeightSyncConfig
+from recast_mcore.config.rollout import RolloutConfig, SamplingConfig, SGLangServerConfig, WeightSyncConfig
 from recast_mcore.rollout.catalog import ItemCatalog
 from recast_mcore.rollout.client import RequestRejected
-from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine
+from recast_mcore.rollout.modes import roll_out
+from recast_mcore.rollout.sglang_engine import RouterUnsupportedError, SGLangRolloutEngine
 from recast_mcore.rollout.testing import (
     constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, perturbed_state_dict, random_catalog,
 )
@@ -46,7 +48,8 @@ def setup(tmp_path_factory):
 
     export_hf_dir(root / "hf", model.state_dict(), _actor_model_cfg(), vocab.token_strings,
                   pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-    cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(root / "logs"), request_timeout_s=60)
+    cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(root / "logs"), request_timeout_s=60,
+                             startup_timeout_s=900)  # imports alone take minutes on this shared 2-core machine
     engine = SGLangRolloutEngine(cfg, WeightSyncConfig(method="disk"), catalog, str(root / "hf"),
                                  work_dir=str(root / "work"))
     prompts = [vocab.encode_prompt([i, (3 * i) % 40, (5 * i + 1) % 40][: 1 + i % 3]) for i in range(8)]
@@ -75,9 +78,19 @@ def test_sampled_items_are_valid_with_reference_logprobs(setup):
     assert len(torch.unique(groups.item_ids)) > 3  # it samples, not argmax
 
 
+def test_server_runs_the_overlap_scheduler(setup):
+    """Every test of this module runs with SGLang's overlap scheduler ON (delayed sampling keeps the trie
+    processor's prefix exact; see docs/rollout.md)."""
+    info = setup["engine"].pool.clients[0].session.get(setup["engine"].pool.clients[0].url + "/get_server_info").json()
+    assert info["disable_overlap_schedule"] is False
+
+
 def test_beam_search_equals_exhaustive_enumeration(setup):
     engine, catalog, model, prompts = setup["engine"], setup["catalog"], setup["model"], setup["prompts"][:2]
+    before = engine.pool.traffic()
     full = engine.beam_search(prompts, beam_width=catalog.num_items)
+    # O(levels) requests: one per prompt chunk (prompts_per_request = 16 > 2 prompts) and item level
+    assert engine.pool.traffic()["requests"] - before["requests"] == catalog.item_len
     assert bool((full.item_ids >= 0).all())
     for b, prompt in enumerate(prompts):
         exact = exhaustive_scores(model, catalog, prompt).topk(catalog.num_items)
@@ -87,6 +100,18 @@ def test_beam_search_equals_exhaustive_enumeration(setup):
     local = TorchRolloutEngine(catalog, hf_logits_fn(model)).beam_search(prompts, beam_width=5)
     assert torch.equal(narrow.item_ids, local.item_ids)
     assert (narrow.scores - local.scores).abs().max().item() < TOL
+    tokens = narrow.token_logprobs.reshape(-1, catalog.response_len)
+    ref = constrained_logprobs(model, catalog, [p for p in prompts for _ in range(5)], narrow.responses.reshape(-1, 4))
+    assert (tokens - ref).abs().max().item() < TOL  # per-token constrained log-probs (the old log-probs of beam mode)
+
+
+def test_beam_mode_rollouts(setup):
+    engine, catalog = setup["engine"], setup["catalog"]
+    cfg = RolloutConfig(mode="beam", beam_width=6, sampling=SamplingConfig(group_size=4))
+    groups = roll_out(engine, setup["prompts"], [[0]] * 8, cfg)
+    assert groups.responses.shape == (8, 4, 4) and groups.num_sampled == 8 * 6
+    assert bool((groups.item_ids >= 0).all()) and groups.policy_version == engine.policy_version
+    _check_groups_against_reference(setup, groups, 4)
 
 
 def test_invalid_prompts_give_clear_errors(setup):
@@ -232,5 +257,17 @@ def test_attach_mode_uses_a_running_server(setup, tmp_path):
     assert engine.pool.servers[0].is_running()  # closing an attached engine leaves the server alone
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "actor-worker":
-    _actor_worker(sys.argv[2])
+@pytest.mark.skipif(importlib.util.find_spec("sglang_router") is None, reason="sglang-router not installed")
+def test_router_in_front_of_the_server_is_refused_because_it_drops_the_trie_params(setup, tmp_path):
+    """sglang-router 0.3.2 (real) in front of the fixture's server: it forwards /generate without
+    ``sampling_params.custom_params``, so the trie processor never sees the request (measured: unconstrained,
+    non-item samples through it). The engine's check refuses the router with a clear error; the server is left
+    running and serving."""
+    engine = setup["engine"]
+    cfg = SGLangServerConfig(mode="attach", urls=[engine.pool.clients[0].url], request_timeout_s=60, use_router=True,
+                             log_dir=str(tmp_path / "logs"))
+    with pytest.raises(RouterUnsupportedError, match="custom_params"):
+        SGLangRolloutEngine(cfg, WeightSyncConfig(), setup["catalog"], engine.model_path,
+                            work_dir=str(tmp_path / "w"), initial_version=engine.policy_version)
+    groups = engine.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=2))
+    _check_groups_against_reference(setup, groups, 2)

@@ -28,7 +28,7 @@ from recast_mcore.rollout.testing import (
     constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, random_catalog,
 )
 from recast_mcore.rollout.torch_engine import TorchRolloutEngine, filter_top_k_top_p
-from recast_mcore.rollout.trie_processor import trie_processor_string
+from recast_mcore.rollout.trie_processor import trie_params, trie_processor_string
 
 
 @pytest.fixture(scope="module")
@@ -64,32 +64,38 @@ def test_catalog_mask_and_item_ids_match_item_trie(vocab, catalog):
 
 
 def test_processor_ships_by_value_and_masks_rows(tmp_path, catalog):
-    """Deserialize exactly like SGLang (dill from the JSON hex) in a process where recast_mcore is unimportable."""
-    path = catalog.save(tmp_path)
+    """Deserialize exactly like SGLang (dill from the JSON hex) in a process where recast_mcore is unimportable.
+
+    Rows: sampling rows (prefix = output ids), beam-query rows (prefix = the last ``prefix_len`` input ids),
+    an off-trie row, and a row without params (left alone)."""
+    params = trie_params(catalog.save(tmp_path))
     items = catalog.item_tokens
     prefixes = [[], items[0, :1].tolist(), items[5, :2].tolist(), items[7].tolist(), [0, 0]]
+    beam_rows = [([1, 9] + items[3, :2].tolist(), 2, []), ([1] + items[4, :1].tolist(), 1, items[4, 1:2].tolist())]
     code = f"""
 import sys, json, dill, torch
+from array import array
 sys.modules['recast_mcore'] = None
 cls = dill.loads(bytes.fromhex(json.loads(sys.stdin.read())['callable']))
-req = lambda ids: {{'trie_path': {str(path)!r}, '__req__': type('R', (), {{'output_ids': ids}})()}}
-prefixes = {prefixes!r}
-params = [req(p) for p in prefixes] + [None]
-logits = torch.zeros(len(params), {catalog.vocab_size} + 3)
-out = cls()(logits, params)
+def req(inputs, prefix_len, outs):
+    r = type('R', (), {{'origin_input_ids': array('q', inputs), 'output_ids': array('q', outs)}})()
+    return dict({params!r}, prefix_len=prefix_len, __req__=r)
+rows = [req([1, 5], 0, p) for p in {prefixes!r}] + [req(*b) for b in {beam_rows!r}] + [None]
+logits = torch.zeros(len(rows), {catalog.vocab_size} + 3)
+out = cls()(logits, rows)
 print(json.dumps(torch.isfinite(out).tolist()))
 """
     proc = subprocess.run([sys.executable, "-c", code], input=trie_processor_string(), capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     finite = torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1]))
-    expected = catalog.allowed_mask(prefixes[:4])
-    assert torch.equal(finite[:4, : catalog.vocab_size], expected)
-    assert not finite[:4, catalog.vocab_size :].any()  # padded vocab columns are never allowed
+    expected = catalog.allowed_mask(prefixes[:4] + [items[3, :2].tolist(), items[4, :2].tolist()])
+    assert torch.equal(finite[[0, 1, 2, 3, 5, 6], : catalog.vocab_size], expected)
+    assert not finite[:7, catalog.vocab_size :].any()  # padded vocab columns are never allowed
     eos_only = torch.zeros(catalog.vocab_size + 3, dtype=torch.bool)
     eos_only[catalog.eos_id] = True
     assert torch.equal(finite[4], eos_only)  # off-trie prefix: may only stop (client rejects the item)
-    assert finite[5].all()  # a row without params is left alone
+    assert finite[7].all()  # a row without params is left alone
 
 
 def test_filter_top_k_top_p_hand_values():
@@ -218,9 +224,14 @@ class _FakeSGLang(BaseHTTPRequestHandler):
         if hang:
             time.sleep(3.0)
         code = 400 if self.path == "/bad" else 200
+        with state["lock"]:
+            state.setdefault("paths", []).append(self.path)
+            if state.get("fail", {}).get(self.path, 0) > 0:  # this endpoint answers 500 the next n times
+                state["fail"][self.path] -= 1
+                code = 500
         if state.get("sick"):
             code = 503
-        payload = json.dumps({"echo": body, "port": self.server.server_port}).encode()
+        payload = json.dumps({"echo": body, "port": self.server.server_port, "success": True}).encode()
         try:
             self.send_response(code)
             self.send_header("Content-Length", str(len(payload)))
@@ -275,6 +286,9 @@ def test_a_sample_from_another_weight_version_is_rejected():
         engine._check_version({"weight_version": "2"})
     with pytest.raises(StaleWeightsError, match="'default'"):
         engine._check_version({"weight_version": "default"})  # a server nobody labelled
+    engine._check_versions([{"weight_version": "3"}] * 4)  # beam answers: one pass over all of them
+    with pytest.raises(StaleWeightsError, match=r"version\(s\) \['2'\], engine serves 3"):
+        engine._check_versions([{"weight_version": "3"}, {"weight_version": "2"}])
 
 
 def test_weights_that_do_not_fit_the_served_model_are_rejected_before_sync(tmp_path, model):
@@ -327,13 +341,135 @@ def test_pool_restarts_a_launched_server_that_stopped_answering_with_the_current
 
 @pytest.mark.gpu
 def test_processor_masks_cuda_logits_like_cpu(tmp_path, catalog):
+    """CUDA: tables cached on the device, prefixes staged through pinned memory, both mask paths, repeated steps."""
+    import dill
+    from array import array
+
+    cls = dill.loads(bytes.fromhex(json.loads(trie_processor_string())["callable"]))
+    params = trie_params(catalog.save(tmp_path))
+    items = catalog.item_tokens
+    for prefixes in ([[]] * 3, [[], items[3, :2].tolist(), items[5].tolist(), items[1, :1].tolist()]):
+        rows = [dict(params, __req__=SimpleNamespace(origin_input_ids=array("q", [1]), output_ids=array("q", p)))
+                for p in prefixes]
+        logits = torch.randn(len(rows), catalog.vocab_size + 5, device="cuda")
+        out = cls()(logits.clone(), rows)
+        assert out.device.type == "cuda"
+        allowed = catalog.allowed_mask(prefixes)
+        assert torch.equal(torch.isfinite(out).cpu()[:, : catalog.vocab_size], allowed)
+        assert torch.equal(out[:, : catalog.vocab_size][allowed.cuda()], logits[:, : catalog.vocab_size][allowed.cuda()])
+    assert any(k[1].startswith("cuda") for k in cls.__dict__["_table_cache"])  # tables live on the device
+
+
+@pytest.mark.parametrize("narrow", [256, 3, 1])
+def test_processor_mask_paths_keep_allowed_logits_exactly(catalog, vocab, narrow):
+    """Narrow (gather/fill/scatter), wide (bias rows) and root (broadcast) paths: allowed logits bit-identical,
+    everything else -inf, equal to ItemTrie on mixed-depth batches with a padded vocabulary."""
+    from array import array
+
+    from recast_mcore.rollout.trie_processor import ItemTrieLogitProcessor as P
+
+    trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)
+    tables = P._prepare(catalog.tables, narrow=narrow)
+    g = torch.Generator().manual_seed(0)
+    picks = torch.randint(0, vocab.num_items, (24,), generator=g)
+    for depths in ([0] * 5, [1] * 5, [0, 1, 2, 3] * 6, [2, 3, 3, 1]):
+        prefixes = [vocab.item_tokens[int(i), :d].tolist() for i, d in zip(picks, depths)]
+        lengths, flat = array("q", map(len, prefixes)), array("q", [t for p in prefixes for t in p])
+        logits = torch.randn(len(prefixes), vocab.vocab_size + 2, generator=g)
+        out = P._mask_logits(tables, logits.clone(), P._stage(lengths, flat, torch.device("cpu")), lengths)
+        allowed = torch.stack([trie.next_token_mask(torch.tensor([p], dtype=torch.long))[0] for p in prefixes])
+        allowed = torch.cat([allowed, torch.zeros(len(prefixes), 2, dtype=torch.bool)], 1)
+        assert torch.equal(out[allowed], logits[allowed]), depths
+        assert bool(torch.isneginf(out[~allowed]).all()), depths
+        buffered = dict(tables, bias_buffer=P._buffer_fn(vocab.vocab_size, torch.device("cpu")))  # as on a server
+        for _ in range(2):  # the scratch buffer is reused (and grown) across steps
+            again = P._mask_logits(buffered, logits.clone(), P._stage(lengths, flat, torch.device("cpu")), lengths)
+            assert torch.equal(again, out), depths
+
+
+@pytest.mark.parametrize("failures", [1, 3])
+def test_failed_weight_update_on_a_healthy_server_is_retried_then_the_server_is_restarted(failures):
+    """/health answers 200 but /update_weights_from_disk answers 500: retried max_retries (2) times; still failing
+    -> restarted from the current weights and re-synced. Never skipped silently."""
+    (fake,) = _fake_servers(1, hang=0)
+    try:
+        resynced = []
+        cfg = SGLangServerConfig(mode="attach", urls=[f"http://127.0.0.1:{fake.server_port}"], request_timeout_s=2,
+                                 max_retries=2)
+        pool = ServerPool(cfg, "", 0, current_weights=lambda: ("/snapshots/v8", 8), after_restart=resynced.append)
+        stub = _StubLaunched(fake)
+        pool.servers[0] = stub
+        fake.state["fail"] = {"/update_weights_from_disk": failures}
+        pool.broadcast(lambda c: c.update_weights_from_disk("/snapshots/v8", 8))
+        tries = fake.state["paths"].count("/update_weights_from_disk")
+        assert pool.update_failures == min(failures, 3)
+        if failures < 3:  # a retry succeeded: no restart
+            assert tries == failures + 1 and stub.restarted_with == [] and pool.restarts == 0
+        else:
+            assert tries == 3 and stub.restarted_with == [("/snapshots/v8", 8)] and pool.restarts == 1
+            assert [c.url for c in resynced] == [pool.clients[0].url]
+    finally:
+        fake.shutdown()
+
+
+def test_failed_weight_update_on_an_attached_server_is_never_skipped_silently():
+    servers = _fake_servers(2, hang=0)
+    try:
+        pool = _attach_pool(servers, retries=1)
+        for s in servers:
+            s.state["fail"] = {"/update_weights_from_disk": 10}
+        with pytest.raises(ServerUnavailable, match="could not be updated"):
+            pool.broadcast(lambda c: c.update_weights_from_disk("/m", 1))
+        assert pool.live == [1]  # the first was dropped from rotation (logged); the last one raises
+        assert servers[0].state["paths"].count("/update_weights_from_disk") == 2  # tried, retried once
+    finally:
+        for s in servers:
+            s.shutdown()
+
+
+def _simulate_scheduler(catalog, path, prompts, delayed: bool, with_kv: bool = True) -> torch.Tensor:
+    """SGLang's overlap loop on fake requests: step t's KV slot is allocated before its sampling; the tokens
+    sampled at step t-1 reach ``output_ids`` after step t's sampling (overlap) or before it (delayed sampling,
+    ``SGLANG_ENABLE_DELAY_SAMPLE=1``). A fixed random 'model'; the shipped processor masks; greedy picks."""
+    from array import array
+
     import dill
 
     cls = dill.loads(bytes.fromhex(json.loads(trie_processor_string())["callable"]))
-    path = str(catalog.save(tmp_path))
-    prefixes = [[], catalog.item_tokens[3, :2].tolist()]
-    params = [{"trie_path": path, "__req__": SimpleNamespace(output_ids=p)} for p in prefixes]
-    logits = torch.randn(2, catalog.vocab_size + 5, device="cuda")
-    out = cls()(logits.clone(), params)
-    assert out.device.type == "cuda"
-    assert torch.equal(torch.isfinite(out).cpu()[:, : catalog.vocab_size], catalog.allowed_mask(prefixes))
+    reqs = [SimpleNamespace(origin_input_ids=array("q", p), output_ids=array("q"),
+                            kv=SimpleNamespace(kv_allocated_len=len(p))) for p in prompts]
+    if not with_kv:
+        for r in reqs:
+            del r.kv
+    params = [dict(trie_params(path), __req__=r) for r in reqs]
+    g = torch.Generator().manual_seed(0)
+    pending = None
+    for t in range(catalog.response_len):
+        if t > 0 and with_kv:
+            for r in reqs:
+                r.kv.kv_allocated_len += 1  # prepare_for_decode: the slot of the token decoded now
+        if delayed and pending is not None:
+            for r, tok in zip(reqs, pending):
+                r.output_ids.append(tok)  # previous result processed before sampling
+            pending = None
+        logits = torch.randn(len(reqs), catalog.vocab_size, generator=g)
+        sampled = cls()(logits, params).argmax(1).tolist()
+        if pending is not None:
+            for r, tok in zip(reqs, pending):
+                r.output_ids.append(tok)  # overlap: the previous result lands after this step's sampling
+        pending = sampled
+    for r, tok in zip(reqs, pending):
+        r.output_ids.append(tok)
+    return torch.tensor([list(r.output_ids) for r in reqs])
+
+
+def test_overlap_lag_is_detected_and_delayed_sampling_is_exact(tmp_path, catalog):
+    """CPU simulation of the overlap scheduler's lagging output ids (the GPU case runs in test_rollout_gpu.py)."""
+    path = catalog.save(tmp_path)
+    prompts = [[1, 5 + i] for i in range(16)]
+    exact = _simulate_scheduler(catalog, path, prompts, delayed=True)
+    assert bool((catalog.item_ids(exact) >= 0).all()) and bool((exact[:, -1] == catalog.eos_id).all())
+    lagging = _simulate_scheduler(catalog, path, prompts, delayed=False)
+    assert bool((lagging[:, 1] == catalog.eos_id).all())  # the guard: a lagging row may only stop -> client error
+    unguarded = _simulate_scheduler(catalog, path, prompts, delayed=False, with_kv=False)
+    assert bool((catalog.item_ids(unguarded) < 0).any())  # what the lag does without delayed sampling or guard

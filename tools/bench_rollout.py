@@ -1,24 +1,37 @@
-"""Rollout throughput: SGLang engine vs the in-process torch engine, same model, catalog and batch.
+"""Rollout benchmarks (JSON): the trie processor per decode step, beam search at scale, engine throughput.
 
-    OMP_NUM_THREADS=2 .venv/bin/python tools/bench_rollout.py --json bench_results/rollout.json
+    # processor time per step, 256/1,024/4,096 rows, 1e6-item 3x8192 catalog and a 1k catalog; with
+    # --baseline-ref the processor of that git revision is timed side by side in the same run
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_rollout.py processor --baseline-ref cd03c23 \
+        --json bench_results/processor.json
+    # beam search, 256 prompts x K=32 on the 1e6-item catalog, tiny model, one launched SGLang server:
+    # wall time, HTTP requests, bytes sent/received
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_rollout.py beam --json bench_results/beam.json
+    # generate + beam throughput, SGLang vs the in-process engine (small catalog)
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_rollout.py engines --json bench_results/rollout.json
 
-Builds a random tiny Llama (HF, fp32) and a random fixed-length catalog, launches ONE SGLang server
-(CPU bridges applied on CPU), then times ``generate`` (B prompts x G samples) and ``beam_search`` on both
-engines after one warm-up call each (median of ``--repeats``). Also times the trie mask of the SGLang
-logit processor on a 100k-item catalog. Startup time is reported separately, not in throughput.
+The 1e6-item catalog is synthetic (``random_catalog``: distinct random 3-level codes, seed 0), built at run time,
+never stored. "Rows at depth d" are prefixes of d item tokens drawn from random catalog items; "mixed" is a
+quarter of the rows at each depth 0..3. The processor is called exactly as SGLang calls it (a list of
+``custom_params`` dicts whose ``__req__`` carries ``origin_input_ids`` / ``output_ids`` as ``array('q')``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from array import array
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -27,34 +40,168 @@ from recast_mcore.rollout.catalog import ItemCatalog
 from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine
 from recast_mcore.rollout.testing import hf_logits_fn, make_tiny_llama, random_catalog
 from recast_mcore.rollout.torch_engine import TorchRolloutEngine
+from recast_mcore.rollout.trie_processor import ItemTrieLogitProcessor, trie_params
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="what", required=True)
+    proc = sub.add_parser("processor", help="trie processor time per decode step")
+    proc.add_argument("--rows", type=int, nargs="+", default=[256, 1024, 4096])
+    proc.add_argument("--repeats", type=int, default=7)
+    proc.add_argument("--baseline-ref", default="",
+                      help="git revision (or a trie_processor.py file) whose processor is timed side by side")
+    beam = sub.add_parser("beam", help="SGLang beam search at scale")
+    beam.add_argument("--prompts", type=int, default=256)
+    beam.add_argument("--beam-width", type=int, default=32)
+    beam.add_argument("--items", type=int, default=1_000_000)
+    beam.add_argument("--codes", type=int, nargs="+", default=[8192, 8192, 8192])
+    beam.add_argument("--prompts-per-request", type=int, default=16)
+    beam.add_argument("--servers", type=int, default=1)
+    eng = sub.add_parser("engines", help="generate + beam throughput, SGLang vs in-process")
+    eng.add_argument("--prompts", type=int, default=64, help="B")
+    eng.add_argument("--group-size", type=int, default=8, help="G")
+    eng.add_argument("--items", type=int, default=1000, help="catalog size")
+    eng.add_argument("--codes", type=int, nargs="+", default=[16, 16, 16], help="codes per level")
+    eng.add_argument("--beam-prompts", type=int, default=8)
+    eng.add_argument("--beam-width", type=int, default=32)
+    eng.add_argument("--repeats", type=int, default=3)
+    eng.add_argument("--servers", type=int, default=1, help="SGLang servers (data-parallel rollout)")
+    for s in (beam, eng):
+        s.add_argument("--hidden", type=int, default=64)
+        s.add_argument("--layers", type=int, default=2)
+        s.add_argument("--history", type=int, default=10, help="history items per prompt")
+        s.add_argument("--server-threads", type=int, default=1, help="OMP_NUM_THREADS of the server (0 = inherit)")
     p.add_argument("--json", required=True, help="where to write the results")
-    p.add_argument("--prompts", type=int, default=64, help="B")
-    p.add_argument("--group-size", type=int, default=8, help="G")
-    p.add_argument("--history", type=int, default=10, help="history items per prompt")
-    p.add_argument("--items", type=int, default=1000, help="catalog size")
-    p.add_argument("--codes", type=int, nargs="+", default=[16, 16, 16], help="codes per level")
-    p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--beam-prompts", type=int, default=8)
-    p.add_argument("--beam-width", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--server-threads", type=int, default=0, help="OMP_NUM_THREADS of the server (0 = inherit)")
-    p.add_argument("--servers", type=int, default=1, help="SGLang servers (data-parallel rollout)")
     return p.parse_args()
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+def setup_info() -> dict:
+    return {"torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "cuda": torch.cuda.is_available(),
+            "loadavg_start": os.getloadavg()}
+
+
+def median_ms(fn, repeats: int, setup=None, clock=time.perf_counter) -> float:
+    """Median time of ``fn(setup())`` in ms (``setup`` untimed); one untimed warm-up call first.
+
+    ``clock=time.thread_time`` measures the CPU time of this thread (torch runs single-threaded ops on the calling
+    thread with OMP_NUM_THREADS=1): unlike wall time it does not count the time other processes of a shared
+    machine hold the cores."""
+    setup = setup or (lambda: None)
+    fn(setup())  # warm-up (loads the tables on the first call)
     times = []
     for _ in range(repeats):
+        arg = setup()
+        t0 = clock()
+        fn(arg)
+        times.append(clock() - t0)
+    return 1e3 * statistics.median(times)
+
+
+# ---- processor ----------------------------------------------------------------------------------------
+def baseline_processor(ref: str):
+    """The ``ItemTrieLogitProcessor`` of git revision ``ref`` (``git show``), or of the file ``ref``."""
+    if Path(ref).is_file():
+        src = Path(ref).read_text()
+    else:
+        src = subprocess.run(["git", "show", f"{ref}:recast_mcore/rollout/trie_processor.py"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout
+    path = Path(tempfile.mkdtemp(prefix="baseline-")) / "baseline_trie_processor.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("baseline_trie_processor", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.ItemTrieLogitProcessor()
+
+
+def depth_prefixes(vocab, rows: int, depth, g: torch.Generator) -> list[list[int]]:
+    depths = [d for d in range(vocab.item_len + 1) for _ in range(rows // (vocab.item_len + 1))] \
+        if depth == "mixed" else [depth] * rows
+    picks = torch.randint(0, vocab.num_items, (len(depths),), generator=g).tolist()
+    tokens = vocab.item_tokens[picks].tolist()
+    return [t[:d] for t, d in zip(tokens, depths)]
+
+
+def bench_processor(args) -> list[dict]:
+    catalogs = [("1e6 items, 3x8192 codes, V=24,580", random_catalog(1_000_000, [8192] * 3, seed=0)),
+                ("1k items, 3x16 codes, V=52", random_catalog(1000, [16, 16, 16], seed=0))]
+    baseline = baseline_processor(args.baseline_ref) if args.baseline_ref else None
+    proc, rows_out = ItemTrieLogitProcessor(), []
+    work = Path(tempfile.mkdtemp(prefix="bench-proc-"))
+    for name, vocab in catalogs:
         t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        catalog = ItemCatalog.from_vocab(vocab)
+        path = catalog.save(work)
+        info = {"catalog": name, "edges": int(catalog.tables["edge_key"].numel()), "build_s": time.perf_counter() - t0}
+        prepared = ItemTrieLogitProcessor._prepare(catalog.tables)
+        info |= {"narrow": prepared["narrow"], "wide_nodes": int(prepared["wide_bias"].shape[0] - 1),
+                 "table_bytes": sum(v.numel() * v.element_size() for v in prepared.values() if torch.is_tensor(v))}
+        print(json.dumps(info), flush=True)
+        g = torch.Generator().manual_seed(1)
+        for rows in args.rows:
+            for depth in (0, 1, 2, 3, "mixed"):
+                prefixes = depth_prefixes(vocab, rows, depth, g)
+                prompt = array("q", [1] * 31)
+                reqs = [SimpleNamespace(origin_input_ids=prompt, output_ids=array("q", p)) for p in prefixes]
+                params = [dict(trie_params(path), __req__=r) for r in reqs]
+                logits = torch.randn(len(prefixes), catalog.vocab_size)
+                fresh = logits.clone  # each call masks a fresh copy (untimed), as SGLang hands it one
+                reps = 3 if rows * catalog.vocab_size > 5e6 else args.repeats
+                row = dict(info, rows=len(prefixes), depth=depth,
+                           cpu_ms=median_ms(lambda x: proc(x, params), args.repeats, fresh, time.thread_time),
+                           wall_ms=median_ms(lambda x: proc(x, params), args.repeats, fresh))
+                if baseline is not None:
+                    old = [{"trie_path": str(path), "__req__": SimpleNamespace(output_ids=list(p))} for p in prefixes]
+                    row["baseline_cpu_ms"] = median_ms(lambda x: baseline(x, old), reps, fresh, time.thread_time)
+                print(json.dumps({k: row[k] for k in ("catalog", "rows", "depth", "cpu_ms", "wall_ms", "baseline_cpu_ms")
+                                  if k in row}), flush=True)
+                rows_out.append(row)
+                if args.json:  # partial results survive a timeout
+                    Path(args.json).write_text(json.dumps({"processor_partial": rows_out}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return rows_out
+
+
+# ---- beam search at scale -----------------------------------------------------------------------------
+def prompts_for(vocab, n: int, history: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(0)
+    return [vocab.encode_prompt(torch.randint(0, vocab.num_items, (history,), generator=g).tolist()) for _ in range(n)]
+
+
+def bench_beam(args) -> dict:
+    root = Path(tempfile.mkdtemp(prefix="bench-beam-"))
+    vocab = random_catalog(args.items, args.codes, seed=0)
+    catalog = ItemCatalog.from_vocab(vocab)
+    make_tiny_llama(root / "hf", vocab.vocab_size, hidden=args.hidden, layers=args.layers)
+    prompts = prompts_for(vocab, args.prompts, args.history)
+    cfg = SGLangServerConfig(max_total_tokens=131072, omp_threads=args.server_threads, request_timeout_s=1800,
+                             startup_timeout_s=1200,
+                             prompts_per_request=args.prompts_per_request, num_servers=args.servers)
+    t0 = time.perf_counter()
+    with SGLangRolloutEngine(cfg, WeightSyncConfig(), catalog, str(root / "hf"), work_dir=str(root / "work")) as eng:
+        startup = time.perf_counter() - t0
+        eng.beam_search(prompts[:2], 4)  # warm-up: loads the trie tables in the server
+        before = eng.pool.traffic()
+        t0 = time.perf_counter()
+        result = eng.beam_search(prompts, args.beam_width)
+        wall = time.perf_counter() - t0
+        after = eng.pool.traffic()
+    shutil.rmtree(root, ignore_errors=True)
+    out = {"prompts": args.prompts, "beam_width": args.beam_width, "items": args.items, "vocab_size": vocab.vocab_size,
+           "servers": args.servers, "prompts_per_request": args.prompts_per_request, "wall_s": wall,
+           "sglang_startup_s": startup, "valid_items": bool((result.item_ids >= 0).all()),
+           "beams_per_prompt": int(result.item_ids.shape[1])}
+    out |= {f"http_{k}": after[k] - before[k] for k in after}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+# ---- engine throughput --------------------------------------------------------------------------------
+def timed(fn, repeats: int) -> float:
+    return median_ms(lambda _: fn(), repeats) / 1e3
 
 
 def bench_engine(name, engine, prompts, sampling, args) -> dict:
@@ -62,59 +209,45 @@ def bench_engine(name, engine, prompts, sampling, args) -> dict:
     beam_prompts = prompts[: args.beam_prompts]
     beam_s = timed(lambda: engine.beam_search(beam_prompts, args.beam_width), args.repeats)
     n_items = len(prompts) * sampling.group_size
-    row = {
-        "engine": name, "generate_s": gen_s, "items_per_s": n_items / gen_s, "prompts_per_s": len(prompts) / gen_s,
-        "beam_s": beam_s, "beam_prompts_per_s": len(beam_prompts) / beam_s,
-    }
-    print(json.dumps(row))
+    row = {"engine": name, "generate_s": gen_s, "items_per_s": n_items / gen_s, "prompts_per_s": len(prompts) / gen_s,
+           "beam_s": beam_s, "beam_prompts_per_s": len(beam_prompts) / beam_s}
+    print(json.dumps(row), flush=True)
     return row
 
 
-def bench_mask_100k() -> dict:
-    vocab = random_catalog(100_000, [64, 64, 64], seed=0)
-    t0 = time.perf_counter()
-    catalog = ItemCatalog.from_vocab(vocab)
-    build_s = time.perf_counter() - t0
-    rows = vocab.item_tokens[torch.randperm(100_000)[:512], :2].tolist()
-    mask_s = timed(lambda: catalog.allowed_mask(rows), 20)
-    return {"items": 100_000, "edges": int(catalog.tables["edge_key"].numel()), "build_s": build_s,
-            "mask_512_rows_ms": 1e3 * mask_s}
-
-
-def main() -> None:
-    args = parse_args()
+def bench_engines(args) -> dict:
     root = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     vocab = random_catalog(args.items, args.codes, seed=0)
     catalog = ItemCatalog.from_vocab(vocab)
     model = make_tiny_llama(root / "hf", vocab.vocab_size, hidden=args.hidden, layers=args.layers)
-    g = torch.Generator().manual_seed(0)
-    prompts = [vocab.encode_prompt(torch.randint(0, args.items, (args.history,), generator=g).tolist())
-               for _ in range(args.prompts)]
+    prompts = prompts_for(vocab, args.prompts, args.history)
     sampling = SamplingConfig(group_size=args.group_size)
-    results = {
-        "setup": {k: v for k, v in vars(args).items() if k != "json"} | {
-            "vocab_size": vocab.vocab_size, "prompt_len": len(prompts[0]), "response_len": catalog.response_len,
-            "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "cpu_count": os.cpu_count(), "machine": platform.machine(), "cuda": torch.cuda.is_available(),
-            "loadavg_start": os.getloadavg(),
-        },
-        "engines": [],
-    }
-    torch_engine = TorchRolloutEngine(catalog, hf_logits_fn(model), batch_size=1024)
-    results["engines"].append(bench_engine("torch (in-process)", torch_engine, prompts, sampling, args))
-    per_server = -(-args.prompts // args.servers)
-    cfg = SGLangServerConfig(max_total_tokens=32768, omp_threads=args.server_threads,  # logs kept only on failure
-                             prompts_per_request=per_server, num_servers=args.servers)
+    out = {"engines": []}
+    out["engines"].append(bench_engine("torch (in-process)", TorchRolloutEngine(catalog, hf_logits_fn(model),
+                                                                                batch_size=1024), prompts, sampling, args))
+    cfg = SGLangServerConfig(max_total_tokens=32768, omp_threads=args.server_threads,
+                             prompts_per_request=-(-args.prompts // args.servers), num_servers=args.servers)
     t0 = time.perf_counter()
     with SGLangRolloutEngine(cfg, WeightSyncConfig(), catalog, str(root / "hf"), work_dir=str(root / "work")) as eng:
-        results["sglang_startup_s"] = time.perf_counter() - t0
-        results["engines"].append(bench_engine(f"sglang ({args.servers} server(s), HTTP)", eng, prompts, sampling, args))
+        out["sglang_startup_s"] = time.perf_counter() - t0
+        out["engines"].append(bench_engine(f"sglang ({args.servers} server(s), HTTP)", eng, prompts, sampling, args))
     shutil.rmtree(root, ignore_errors=True)
-    results["processor_mask_100k"] = bench_mask_100k()
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    results = {"what": args.what, "args": {k: v for k, v in vars(args).items() if k != "json"}, "setup": setup_info()}
+    if args.what == "processor":
+        results["processor"] = bench_processor(args)
+    elif args.what == "beam":
+        results["beam"] = bench_beam(args)
+    else:
+        results |= bench_engines(args)
     results["setup"]["loadavg_end"] = os.getloadavg()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
-    print(json.dumps(results, indent=2))
+    print(f"wrote {args.json}", file=sys.stderr)
 
 
 if __name__ == "__main__":

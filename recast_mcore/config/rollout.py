@@ -67,7 +67,13 @@ class SGLangServerConfig:
     log_dir: str = ""
     """Where server logs go ('' = a temporary directory, removed on close unless a server failed)."""
     use_router: bool = False
-    """Front several servers with sglang_router (must be installed); otherwise the client spreads chunks itself."""
+    """Send generation requests through sglang-router (launched here, in front of the servers) instead of
+    spreading chunks round-robin; weight updates and health checks still go to every server directly."""
+    router_policy: Literal["cache_aware", "round_robin", "random", "power_of_two"] = "cache_aware"
+    """sglang-router load-balancing policy (``use_router``)."""
+    router_cache_threshold: float = 0.01
+    """sglang-router ``--cache-threshold``: the prefix-match ratio above which a request follows its cache
+    (low, so every beam-search level of a prompt chunk stays on one server; see rollout/router.py)."""
 
     def validate(self) -> None:
         if self.mode == "attach" and not self.urls:
@@ -80,6 +86,8 @@ class SGLangServerConfig:
             raise ValueError("max_retries must be >= 0 and prompts_per_request >= 1")
         if self.request_timeout_s <= 0 or self.startup_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if not 0.0 <= self.router_cache_threshold <= 1.0:
+            raise ValueError(f"router_cache_threshold must be in [0, 1], got {self.router_cache_threshold}")
 
 
 @dataclass(kw_only=True)
@@ -104,12 +112,16 @@ class RolloutConfig:
 
     engine: Literal["sglang", "torch"] = "sglang"
     """Registered engine name."""
+    mode: Literal["sample", "beam"] = "sample"
+    """How RL candidate groups are made: sample G items per prompt, or take the top G beams of a constrained
+    beam search of width ``beam_width`` (their sequence log-probs are the old log-probs; see rollout/modes.py)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """Group sampling settings."""
+    """Group sampling settings (``group_size`` is G in both modes)."""
     seed: int = 0
     """Seed of the in-process engine's sampler (SGLang servers use ``sglang.random_seed``)."""
     beam_width: int = 32
-    """Beams kept per prompt in constrained beam search (OpenOneRec-RL uses 32)."""
+    """``mode: beam``: beams kept per prompt (OpenOneRec-RL rolls out 32); the top ``sampling.group_size`` form
+    the group and every beam counts in the rollout budget. Must be >= group_size. Evaluation uses ``eval.beam_width``."""
     work_dir: str = ""
     """Scratch directory for trie tables and weight snapshots ('' = a temporary directory)."""
     torch_batch_size: int = 256
@@ -122,5 +134,8 @@ class RolloutConfig:
     def validate(self) -> None:
         if self.beam_width < 1:
             raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
+        if self.mode == "beam" and self.beam_width < self.sampling.group_size:
+            raise ValueError(f"mode 'beam' keeps the top sampling.group_size={self.sampling.group_size} beams: "
+                             f"beam_width ({self.beam_width}) must be >= it")
         if self.torch_batch_size < 1:
             raise ValueError(f"torch_batch_size must be >= 1, got {self.torch_batch_size}")

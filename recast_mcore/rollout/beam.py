@@ -1,16 +1,24 @@
-"""Exact constrained beam search over fixed-length items, given a next-token log-prob oracle (pure torch).
+"""Exact constrained beam search over fixed-length items, given a top-K candidate oracle (pure torch, vectorized).
 
-SGLang has no beam search, so both engines run this loop and differ only in the oracle:
-``next_logprobs(prompt_index [Q], prefixes: Q lists) -> [Q, V]`` float log-probs of the next token
-(entries outside the allowed set may be -inf; only allowed entries are read).
+Both engines run this loop and differ only in the oracle::
 
-Level t = 0..L-1, for every prompt b and beam k with prefix y_<t and score s_bk:
-    log pi_c(v | x_b, y_<t) = lp[v] - logsumexp_{u in allowed(y_<t)} lp[u]      for v in allowed(y_<t)
-    candidate score = s_bk + log pi_c(v | ...)
-keep the ``beam_width`` best candidates per prompt (ties broken by lower beam index, then lower token id:
-deterministic). After L levels every beam is a full item; EOS is the only allowed token, its log-prob is 0,
-so the final scores are the sequence log-probs s(y) of the contract. With ``beam_width`` >= the number of
-distinct prefixes at every level this is exhaustive: it returns the exact top-K items.
+    top_candidates(owner [Q] int64, prefixes [Q, t] int64, k) -> (logprobs [Q, k] float32, tokens [Q, k] int64)
+
+the k most likely allowed next tokens of each query (prompt ``owner[q]`` followed by ``prefixes[q]``) under
+the constrained policy ``log pi_c(v | x, y_<t) = z_v - logsumexp_{u in allowed(y_<t)} z_u``; entries past the
+allowed count have log-prob -inf (or NaN) and are ignored. Only the top ``width`` continuations of one beam
+can survive a level, so ``k = width`` loses nothing: the search equals one that scores every allowed token.
+
+State per level t: ``prefixes [B, w, t]``, ``token_logprobs [B, w, t]``, ``scores [B, w]`` (-inf = no beam).
+For every live beam (b, j) the oracle returns k candidates; candidate score = ``scores[b, j] + logprob``;
+the ``width`` best of the ``w * k`` candidates of prompt b are kept. Ties are broken by lower beam index, then
+lower token id (candidates of a beam are ordered by token id before a stable sort): deterministic. After L
+levels every beam is a full item; EOS is the only allowed token, its log-prob is 0, so the final scores are
+the sequence log-probs s(y) of the contract. With ``width`` >= the number of distinct prefixes at every level
+the search is exhaustive: it returns the exact top-K items.
+
+Cost: L oracle calls with at most ``B * width`` queries each, ``[B, width * k]`` scores per level; no dense
+``[Q, V]`` tensor and no Python loop over prompts, beams or tokens.
 """
 
 from __future__ import annotations
@@ -19,55 +27,60 @@ from typing import Callable
 
 import torch
 
-from recast_mcore.rollout.catalog import ItemCatalog
-
-NextLogprobs = Callable[[list[int], list[list[int]]], torch.Tensor]
+TopCandidates = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 def constrained_beam_search(
-    num_prompts: int, catalog: ItemCatalog, beam_width: int, next_logprobs: NextLogprobs
+    num_prompts: int, item_len: int, eos_id: int, beam_width: int, top_candidates: TopCandidates, vocab_size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``responses [B, K, T]``, ``token_logprobs [B, K, T]``, ``scores [B, K]`` (descending).
+    """Returns ``responses [B, K, T]``, ``token_logprobs [B, K, T]``, ``scores [B, K]`` (descending along K).
 
-    K = min(beam_width, number of catalog items); the same for every prompt.
+    K = min(beam_width, live beams of the poorest prompt): the same for every prompt.
     """
     if beam_width < 1:
         raise ValueError(f"beam_width must be >= 1, got {beam_width}")
-    # beams[b] = (prefixes [k, t], per-token logprobs [k, t], scores [k])
-    beams = [(torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 0), torch.zeros(1)) for _ in range(num_prompts)]
-    for _ in range(catalog.item_len):
-        owner = [b for b in range(num_prompts) for _ in range(beams[b][0].shape[0])]
-        prefixes = [p.tolist() for b in range(num_prompts) for p in beams[b][0]]
-        lp = next_logprobs(owner, prefixes).float()
-        allowed = catalog.allowed_mask(prefixes)
-        masked = lp.masked_fill(~allowed, float("-inf"))
-        constrained = masked - torch.logsumexp(masked, dim=-1, keepdim=True)
-        row = 0
-        for b in range(num_prompts):
-            k = beams[b][0].shape[0]
-            beams[b] = _expand(beams[b], constrained[row : row + k], beam_width)
-            row += k
-    return _finish(beams, catalog.eos_id)
+    b = num_prompts
+    k = min(beam_width, vocab_size)
+    prefixes = torch.zeros(b, 1, 0, dtype=torch.long)
+    token_lp = torch.zeros(b, 1, 0)
+    scores = torch.zeros(b, 1)
+    for t in range(item_len):
+        qb, qj = torch.isfinite(scores).nonzero(as_tuple=True)  # live beams, prompt-major
+        lp, tok = top_candidates(qb, prefixes[qb, qj], k)
+        if lp.shape != (qb.numel(), k) or tok.shape != lp.shape:
+            raise RuntimeError(f"top_candidates returned {tuple(lp.shape)}/{tuple(tok.shape)}, expected {(qb.numel(), k)}")
+        lp, tok = _order_by_token(lp.float(), tok.long(), vocab_size)
+        w = scores.shape[1]
+        cand = torch.full((b, w, k), float("-inf"))
+        cand[qb, qj] = scores[qb, qj, None] + lp
+        cand_tok = torch.zeros(b, w, k, dtype=torch.long)
+        cand_tok[qb, qj] = tok
+        cand_lp = torch.zeros(b, w, k)
+        cand_lp[qb, qj] = lp
+        flat = cand.reshape(b, w * k)
+        pick = torch.argsort(flat, dim=1, descending=True, stable=True)[:, : min(beam_width, w * k)]
+        src = (pick // k)[..., None]
+        prefixes = torch.cat([prefixes.gather(1, src.expand(-1, -1, t)), cand_tok.reshape(b, -1).gather(1, pick)[..., None]], 2)
+        token_lp = torch.cat([token_lp.gather(1, src.expand(-1, -1, t)), cand_lp.reshape(b, -1).gather(1, pick)[..., None]], 2)
+        scores = flat.gather(1, pick)
+    keep = int(torch.isfinite(scores).sum(1).min())
+    if keep == 0:
+        raise RuntimeError("beam search found no complete item for some prompt (is the trie constraint applied?)")
+    eos = torch.full((b, keep, 1), eos_id, dtype=torch.long)
+    responses = torch.cat([prefixes[:, :keep], eos], 2)
+    return responses, torch.cat([token_lp[:, :keep], torch.zeros(b, keep, 1)], 2), scores[:, :keep]
 
 
-def _expand(beam, constrained: torch.Tensor, width: int):
-    """Best ``width`` (beam, token) continuations; ``constrained [k, V]`` is -inf outside the allowed set."""
-    prefixes, token_lp, scores = beam
-    k, v = constrained.shape
-    total = (scores[:, None] + constrained).reshape(-1)
-    finite = torch.isfinite(total)
-    cand = finite.nonzero().squeeze(1)  # ascending flat index = (beam, token) order: the tie-break
-    order = torch.argsort(total[cand], descending=True, stable=True)[:width]
-    pick = cand[order]
-    src, tok = pick // v, pick % v
-    new_prefixes = torch.cat([prefixes[src], tok[:, None]], 1)
-    new_lp = torch.cat([token_lp[src], constrained[src, tok][:, None]], 1)
-    return new_prefixes, new_lp, total[pick]
+def _order_by_token(lp: torch.Tensor, tok: torch.Tensor, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invalid candidates (non-finite log-prob) -> -inf; each row's candidates sorted by token id (the tie-break)."""
+    valid = torch.isfinite(lp) & (lp > -1e30)
+    lp = torch.where(valid, lp, float("-inf"))
+    order = torch.argsort(torch.where(valid, tok, vocab_size), dim=1, stable=True)
+    return lp.gather(1, order), tok.gather(1, order)
 
 
-def _finish(beams, eos_id: int):
-    k = min(b[0].shape[0] for b in beams)
-    responses = torch.stack([torch.cat([p[:k], torch.full((k, 1), eos_id)], 1) for p, _, _ in beams])
-    token_lp = torch.stack([torch.cat([lp[:k], torch.zeros(k, 1)], 1) for _, lp, _ in beams])
-    scores = torch.stack([s[:k] for _, _, s in beams])
-    return responses, token_lp, scores
+def masked_top_candidates(logits: torch.Tensor, allowed: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[c, V]`` logits and allowed mask -> the top-k constrained log-probs and tokens (for in-process oracles)."""
+    lp = torch.log_softmax(logits.float().masked_fill(~allowed, float("-inf")), dim=-1)
+    top = lp.topk(min(k, lp.shape[-1]), dim=-1)
+    return top.values, top.indices

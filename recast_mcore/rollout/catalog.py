@@ -1,11 +1,14 @@
 """The item catalog as the rollout engines see it: trie tables, next-token masks, item lookup (pure torch).
 
-Both engines use the same mask function (``ItemTrieLogitProcessor._allowed_mask``, the code that runs
-inside SGLang), so in-process sampling, beam search and the SGLang processor constrain identically.
+Both engines use the same mask code as the SGLang processor (``ItemTrieLogitProcessor._mask_logits``, the
+code that runs inside SGLang, applied to zero logits), so in-process sampling, beam search and the SGLang
+processor constrain identically.
 """
 
 from __future__ import annotations
 
+from array import array
+from collections import deque
 from pathlib import Path
 
 import torch
@@ -24,6 +27,7 @@ class ItemCatalog:
         self.vocab_size = int(vocab_size)
         self.eos_id = int(eos_id)
         self.tables = build_trie_tables(self.item_tokens, self.vocab_size, self.eos_id)
+        self._prepared = None  # the processor's derived tables, built on first use
 
     @classmethod
     def from_vocab(cls, vocab) -> "ItemCatalog":
@@ -43,9 +47,19 @@ class ItemCatalog:
         """T = item_len + 1 (EOS)."""
         return self.item_len + 1
 
-    def allowed_mask(self, prefixes: list[list[int]]) -> torch.Tensor:
+    def allowed_mask(self, prefixes: list[list[int]] | torch.Tensor) -> torch.Tensor:
         """[R, V] bool: tokens allowed after each generated prefix (only EOS after a full item or off-trie)."""
-        return ItemTrieLogitProcessor._allowed_mask(self.tables, prefixes, self.vocab_size, torch.device("cpu"))
+        if torch.is_tensor(prefixes):
+            prefixes = prefixes.tolist()
+        if len(prefixes) == 0:
+            return torch.zeros(0, self.vocab_size, dtype=torch.bool)
+        if self._prepared is None:
+            self._prepared = ItemTrieLogitProcessor._prepare(self.tables)
+        lengths, flat = array("q", map(len, prefixes)), array("q")
+        deque(map(flat.extend, prefixes), maxlen=0)
+        staged = ItemTrieLogitProcessor._stage(lengths, flat, torch.device("cpu"))
+        logits = torch.zeros(len(prefixes), self.vocab_size)
+        return torch.isfinite(ItemTrieLogitProcessor._mask_logits(self._prepared, logits, staged, lengths))
 
     def item_ids(self, responses: torch.Tensor) -> torch.Tensor:
         """[...] int64 catalog row of ``responses[..., :L]`` (-1 when it is not a catalog item)."""
@@ -69,7 +83,7 @@ class ItemCatalog:
         return torch.cat([tokens, eos], 1).reshape(*item_ids.shape, self.response_len)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the trie tables for the SGLang processor (content-addressed file) and return the path."""
+        """Write the trie tables for the SGLang processor (``trie-<catalog hash>.pt``, written once) and return the path."""
         return save_trie_tables(self.tables, directory)
 
 

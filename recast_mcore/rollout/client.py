@@ -19,6 +19,10 @@ class RequestRejected(ValueError):
     """The server rejected the request (HTTP 4xx); the message carries its reason."""
 
 
+class WeightUpdateFailed(RuntimeError):
+    """The server answered a weight update with ``success: false`` (it still serves the old weights)."""
+
+
 class SGLangClient:
     """POST/GET helpers with a per-request timeout against ``url`` (``http://host:port``)."""
 
@@ -26,6 +30,8 @@ class SGLangClient:
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.session = requests.Session()
+        self.traffic = {"requests": 0, "bytes_sent": 0, "bytes_received": 0}
+        """POST requests answered and their body sizes (HTTP payload bytes, headers excluded)."""
 
     def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
         try:
@@ -34,6 +40,9 @@ class SGLangClient:
             raise ServerUnavailable(f"{self.url}{path}: no answer within {timeout_s or self.timeout_s:.0f} s (hung?)") from exc
         except requests.RequestException as exc:
             raise ServerUnavailable(f"{self.url}{path}: {type(exc).__name__}: {exc}") from exc
+        self.traffic["requests"] += 1
+        self.traffic["bytes_sent"] += len(resp.request.body or b"")
+        self.traffic["bytes_received"] += len(resp.content)
         if resp.status_code >= 500:
             raise ServerUnavailable(f"{self.url}{path}: HTTP {resp.status_code}: {resp.text[:500]}")
         if resp.status_code >= 400:
@@ -60,7 +69,7 @@ class SGLangClient:
     def update_weights_from_disk(self, model_path: str, version: int) -> None:
         out = self.post("/update_weights_from_disk", {"model_path": model_path, "weight_version": str(version)})
         if not out.get("success", False):
-            raise RuntimeError(f"{self.url}: update_weights_from_disk({model_path}) failed: {out.get('message')}")
+            raise WeightUpdateFailed(f"{self.url}: update_weights_from_disk({model_path}) failed: {out.get('message')}")
 
     def update_weights_from_tensor(self, serialized: str, version: int) -> None:
         self.post("/begin_weight_update", {})
@@ -71,4 +80,4 @@ class SGLangClient:
         finally:
             self.post("/end_weight_update", {})
         if not out.get("success", False):
-            raise RuntimeError(f"{self.url}: update_weights_from_tensor failed: {out.get('message')}")
+            raise WeightUpdateFailed(f"{self.url}: update_weights_from_tensor failed: {out.get('message')}")

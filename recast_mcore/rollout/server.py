@@ -64,7 +64,7 @@ def launch_command(cfg: SGLangServerConfig, model_path: str, port: int, weight_v
         "--weight-version", str(weight_version),
     ]
     if needs_cpu_bridges():
-        cmd += ["--device", "cpu", "--disable-overlap-schedule"]
+        cmd += ["--device", "cpu"]  # the overlap scheduler stays on (delayed sampling, see LaunchedServer.start)
     if cfg.mem_fraction_static > 0:
         cmd += ["--mem-fraction-static", str(cfg.mem_fraction_static)]
     return cmd + list(cfg.extra_args)
@@ -98,9 +98,10 @@ class LaunchedServer:
         for key in _TORCHRUN_ENV:
             env.pop(key, None)
         env["SGLANG_RETURN_ORIGINAL_LOGPROB"] = "1"
+        env["SGLANG_ENABLE_DELAY_SAMPLE"] = "1"  # overlap scheduler: sample after the previous step's outputs land
         if self.cfg.omp_threads > 0:
             env["OMP_NUM_THREADS"] = str(self.cfg.omp_threads)
-        cmd = launch_command(self.cfg, self.model_path, self.port, self.weight_version)
+        cmd = self.command()
         with self.log_path.open("ab") as log:
             log.write(f"\n==== start #{self.starts + 1}: {' '.join(cmd)}\n".encode())
             self.proc = subprocess.Popen(
@@ -109,6 +110,10 @@ class LaunchedServer:
             )
         self.starts += 1
         self._wait_healthy()
+
+    def command(self) -> list[str]:
+        """The process's command line (a subclass launches something else, e.g. the router)."""
+        return launch_command(self.cfg, self.model_path, self.port, self.weight_version)
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.cfg.startup_timeout_s

@@ -5,9 +5,11 @@ Sampling: one ``/generate`` call per chunk of prompts (each repeated G times), `
 ``SGLANG_RETURN_ORIGINAL_LOGPROB=1``: the returned log-prob of y_t is ``log_softmax(z masked by the trie)[y_t]``
 at temperature 1, i.e. ``log pi_c(y_t | x, y_<t)`` of the contract, whatever the sampling temperature.
 
-Beam search: per level, one query per (prompt, beam) with ``max_new_tokens = 1`` and
-``token_ids_logprob = allowed(prefix)``; the prompt prefix is shared through SGLang's radix cache;
-renormalization over the allowed set happens in ``beam.constrained_beam_search``.
+Beam search (``beam.constrained_beam_search``): per level, one query per live (prompt, beam) =
+``prompt + beam prefix`` with ``max_new_tokens = 1``, greedy, ``top_logprobs_num = K`` under the trie processor
+(told the prefix length through ``custom_params.prefix_len``), so SGLang returns the K best allowed tokens with
+their constrained (renormalized) log-probs: no allowed-id lists are sent. One HTTP request per prompt chunk
+and level; a chunk stays on one server across levels (its prompt KV is in that server's radix cache).
 
 Versions: servers are launched with ``--weight-version v`` (attached servers are loaded from ``model_dir`` and
 labelled ``v`` with ``/update_weights_from_disk`` at construction) and every update passes ``weight_version``;
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from itertools import chain
+from operator import add, itemgetter, methodcaller
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from recast_mcore.config.rollout import RolloutConfig, SamplingConfig, SGLangServerConfig, WeightSyncConfig
@@ -30,7 +35,7 @@ from recast_mcore.rollout.beam import constrained_beam_search
 from recast_mcore.rollout.catalog import ItemCatalog, check_prompts
 from recast_mcore.rollout.client import SGLangClient
 from recast_mcore.rollout.pool import ServerPool
-from recast_mcore.rollout.trie_processor import trie_processor_string
+from recast_mcore.rollout.trie_processor import trie_params, trie_processor_string
 from recast_mcore.rollout.types import BeamResults, RolloutGroups
 from recast_mcore.rollout.weight_sync import (
     check_matches_template, serialize_named_tensors, template_shapes, write_snapshot,
@@ -39,6 +44,10 @@ from recast_mcore.rollout.weight_sync import (
 
 class StaleWeightsError(RuntimeError):
     """A server answered with a weight version other than the engine's current one."""
+
+
+class RouterUnsupportedError(RuntimeError):
+    """sglang-router does not deliver what the trie-constrained requests need (see ``_check_router_applies_the_trie``)."""
 
 
 class SGLangRolloutEngine:
@@ -65,6 +74,25 @@ class SGLangRolloutEngine:
             # Servers started by the user: make them serve exactly model_dir, labelled initial_version
             # (shared filesystem, as for disk sync).
             self.pool.broadcast(lambda c: c.update_weights_from_disk(self.model_path, initial_version))
+        if server_cfg.use_router:
+            self._check_router_applies_the_trie()
+
+    def _check_router_applies_the_trie(self) -> None:
+        """One constrained 1-token request through the router: its top-(n+1) log-probs at the root must hold the
+        n root tokens and nothing else. sglang-router 0.3.2 re-serializes requests without
+        ``sampling_params.custom_params`` (measured), so SGLang never hands the processor the request: refuse it."""
+        roots = self.catalog.tables["edge_token"][: int(self.catalog.tables["node_start"][1])].tolist()
+        body = {"input_ids": [[self.catalog.eos_id]], "custom_logit_processor": self.processor,
+                "sampling_params": {"temperature": 0.0, "max_new_tokens": 1, "custom_params": trie_params(self.trie_path)},
+                "return_logprob": True, "top_logprobs_num": min(len(roots) + 1, self.catalog.vocab_size)}
+        top = self.pool.map([body], lambda client, b: client.generate(b))[0][0]["meta_info"]["output_top_logprobs"][0]
+        finite = {int(t) for lp, t, _ in top if lp is not None and lp > -1e30}
+        if finite != set(roots):
+            self.close()
+            raise RouterUnsupportedError(
+                "sglang.use_router: the trie constraint is not applied through sglang-router (it forwarded the request "
+                "without sampling_params.custom_params, so SGLang hands the processor no request); generation needs the "
+                "constraint, so use the built-in pool (use_router: false). See docs/rollout.md.")
 
     # ---- sampling -------------------------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], targets: list[list[int]], sampling: SamplingConfig) -> RolloutGroups:
@@ -106,7 +134,7 @@ class SGLangRolloutEngine:
             "sampling_params": {
                 "n": 1, "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "top_k": sampling.top_k, "max_new_tokens": self.catalog.response_len,
-                "custom_params": {"trie_path": self.trie_path},
+                "custom_params": trie_params(self.trie_path),
             },
             "return_logprob": True,
             "custom_logit_processor": self.processor,
@@ -119,7 +147,9 @@ class SGLangRolloutEngine:
         ids = [int(p[1]) for p in pairs]
         if len(ids) != t_len or ids[-1] != self.catalog.eos_id:
             raise RuntimeError(f"SGLang sample {ids} is not an item of {t_len - 1} tokens + EOS "
-                               f"(finish_reason {meta.get('finish_reason')})")
+                               f"(finish_reason {meta.get('finish_reason')}); an early EOS is how the trie processor "
+                               "ends a row whose output ids lag the sampler: start servers with "
+                               "SGLANG_ENABLE_DELAY_SAMPLE=1 (or --disable-overlap-schedule)")
         return ids, [float(p[0]) for p in pairs]
 
     def _check_version(self, meta: dict[str, Any]) -> None:
@@ -127,41 +157,59 @@ class SGLangRolloutEngine:
         if got != str(self.policy_version):
             raise StaleWeightsError(f"sample produced by weight version {got!r}, engine serves {self.policy_version}")
 
+    def _check_versions(self, metas: list[dict[str, Any]]) -> None:
+        """Every answer must come from the current weight version (one C-level pass)."""
+        versions = set(map(methodcaller("get", "weight_version"), metas))
+        if versions != {str(self.policy_version)}:
+            bad = sorted(str(v) for v in versions - {str(self.policy_version)})
+            raise StaleWeightsError(f"beam queries answered by weight version(s) {bad}, engine serves {self.policy_version}")
+
     # ---- beam search ----------------------------------------------------------------------------
     def beam_search(self, prompt_ids: list[list[int]], beam_width: int) -> BeamResults:
         check_prompts(prompt_ids, self.catalog.vocab_size)
+        cat = self.catalog
         responses, token_lp, scores = constrained_beam_search(
-            len(prompt_ids), self.catalog, beam_width, lambda o, p: self._next_logprobs(prompt_ids, o, p))
+            len(prompt_ids), cat.item_len, cat.eos_id, beam_width,
+            lambda owner, prefixes, k: self._top_candidates(prompt_ids, owner, prefixes, k), cat.vocab_size)
+        item_ids = cat.item_ids(responses)
+        if bool((item_ids < 0).any()):
+            raise RuntimeError("SGLang beam search produced a non-catalog item: the trie processor was not applied "
+                               "(server without --enable-custom-logit-processor, or trie tables not readable there)")
         result = BeamResults(prompt_ids=[list(p) for p in prompt_ids], responses=responses, token_logprobs=token_lp,
-                             scores=scores, item_ids=self.catalog.item_ids(responses),
-                             policy_version=self.policy_version)
+                             scores=scores, item_ids=item_ids, policy_version=self.policy_version)
         result.validate()
         return result
 
-    def _next_logprobs(self, prompt_ids, owner: list[int], prefixes: list[list[int]]) -> torch.Tensor:
-        """[Q, V]: log-probs (temperature 1, unconstrained) of the allowed next tokens, -inf elsewhere."""
-        allowed = self.catalog.allowed_mask(prefixes)
-        queries = [(list(prompt_ids[o]) + p, allowed[q].nonzero().squeeze(1).tolist())
-                   for q, (o, p) in enumerate(zip(owner, prefixes))]
-        chunks = _chunks(queries, self.server_cfg.prompts_per_request * 8)
+    def _top_candidates(self, prompt_ids, owner: torch.Tensor, prefixes: torch.Tensor, k: int):
+        """One query per live beam (prompt + beam prefix, 1 new token, top-k log-probs under the trie processor).
+
+        Queries are grouped by prompt chunk (``prompts_per_request`` prompts, one HTTP request per chunk and
+        level); a chunk keeps its server across levels (``affinity``), so the prompt's KV is in its radix cache.
+        Returns ``[Q, k]`` constrained log-probs (-inf past the allowed count) and tokens.
+        """
+        size = self.server_cfg.prompts_per_request
+        seqs = list(map(add, map(prompt_ids.__getitem__, owner.tolist()), prefixes.tolist()))
+        chunk_of = owner // size
+        bounds = torch.searchsorted(chunk_of, torch.arange(int(chunk_of[-1]) + 2)).tolist()
+        spans = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+        params = trie_params(self.trie_path, prefix_len=prefixes.shape[1])
         bodies = [{
-            "input_ids": [seq for seq, _ in c],
-            "sampling_params": {"temperature": 1.0, "max_new_tokens": 1},
-            "return_logprob": True,
-            "token_ids_logprob": [ids for _, ids in c],
-        } for c in chunks]
-        outs = self.pool.map(bodies, lambda client, body: client.generate(body))
-        lp = torch.full((len(queries), self.catalog.vocab_size), float("-inf"))
-        row = 0
-        for out in outs:
-            for sample in out:
-                self._check_version(sample["meta_info"])
-                for value, tok, _ in sample["meta_info"]["output_token_ids_logprobs"][0]:
-                    lp[row, int(tok)] = float(value)
-                row += 1
-        if row != len(queries):
-            raise RuntimeError(f"SGLang answered {row} of {len(queries)} beam queries")
-        return lp
+            "input_ids": seqs[lo:hi],
+            "sampling_params": {"temperature": 0.0, "max_new_tokens": 1, "custom_params": params},
+            "return_logprob": True, "top_logprobs_num": k, "custom_logit_processor": self.processor,
+        } for lo, hi in spans]
+        outs = self.pool.map(bodies, lambda client, body: client.generate(body),
+                             affinity=[int(chunk_of[lo]) for lo, _ in spans])
+        samples = list(chain.from_iterable(outs))
+        if len(samples) != len(seqs):
+            raise RuntimeError(f"SGLang answered {len(samples)} of {len(seqs)} beam queries")
+        metas = list(map(itemgetter("meta_info"), samples))
+        self._check_versions(metas)
+        # [Q, k, 3] = (logprob, token, text); JSON null (orjson's -inf) becomes NaN, dropped by the beam search.
+        top = np.array(list(map(itemgetter(0), map(itemgetter("output_top_logprobs"), metas))), dtype=np.float64)
+        if top.shape[:2] != (len(seqs), k):
+            raise RuntimeError(f"SGLang returned top log-probs of shape {top.shape}, expected ({len(seqs)}, {k}, 3)")
+        return torch.from_numpy(top[:, :, 0]).float(), torch.from_numpy(np.nan_to_num(top[:, :, 1])).long()
 
     # ---- weight sync ----------------------------------------------------------------------------
     def update_weights(self, hf_state_dict: dict[str, torch.Tensor] | None, version: int) -> None:

@@ -24,7 +24,14 @@ def random_catalog(num_items: int, codes_per_level: list[int], seed: int = 0):
     if num_items > total:
         raise ValueError(f"{num_items} items do not fit in {total} code combinations")
     g = torch.Generator().manual_seed(seed)
-    flat = torch.randperm(total, generator=g)[:num_items]
+    if total > 2**26:  # e.g. 3 x 8192 codes: draw with replacement, keep distinct rows, shuffle
+        flat = torch.zeros(0, dtype=torch.long)
+        while flat.numel() < num_items:
+            draw = torch.randint(0, total, (int(1.1 * num_items) + 1024,), generator=g)
+            flat = torch.unique(torch.cat([flat, draw]))
+        flat = flat[torch.randperm(flat.numel(), generator=g)[:num_items]]
+    else:
+        flat = torch.randperm(total, generator=g)[:num_items]
     codes = []
     for k in reversed(codes_per_level):
         codes.append(flat % k)

@@ -16,7 +16,7 @@ import torch
 
 from recast_mcore.config.rollout import RolloutConfig, SamplingConfig
 from recast_mcore.rollout.base import EngineResources, LogitsFn, register_engine
-from recast_mcore.rollout.beam import constrained_beam_search
+from recast_mcore.rollout.beam import constrained_beam_search, masked_top_candidates
 from recast_mcore.rollout.catalog import ItemCatalog, check_prompts
 from recast_mcore.rollout.types import BeamResults, RolloutGroups
 
@@ -95,10 +95,17 @@ class TorchRolloutEngine:
     def beam_search(self, prompt_ids: list[list[int]], beam_width: int) -> BeamResults:
         check_prompts(prompt_ids, self.catalog.vocab_size)
 
-        def next_logprobs(owner: list[int], prefixes: list[list[int]]) -> torch.Tensor:
-            return torch.log_softmax(self.last_logits([list(prompt_ids[o]) + p for o, p in zip(owner, prefixes)]), -1)
+        def top_candidates(owner: torch.Tensor, prefixes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            rows = prefixes.tolist()
+            seqs = [list(prompt_ids[o]) + p for o, p in zip(owner.tolist(), rows)]
+            parts = [masked_top_candidates(self.last_logits(seqs[lo : lo + self.batch_size]),
+                                           self.catalog.allowed_mask(rows[lo : lo + self.batch_size]), k)
+                     for lo in range(0, len(seqs), self.batch_size)]
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-        responses, token_lp, scores = constrained_beam_search(len(prompt_ids), self.catalog, beam_width, next_logprobs)
+        cat = self.catalog
+        responses, token_lp, scores = constrained_beam_search(len(prompt_ids), cat.item_len, cat.eos_id, beam_width,
+                                                              top_candidates, cat.vocab_size)
         result = BeamResults(
             prompt_ids=[list(p) for p in prompt_ids], responses=responses, token_logprobs=token_lp, scores=scores,
             item_ids=self.catalog.item_ids(responses), policy_version=self.policy_version,

@@ -52,7 +52,7 @@ def collect_update_batch(job, prompts: EpochSampler, step: int):
     lead = Step0(job.actor)
     try:
         reseed_engine(job.engine, derive_seed(job.cfg.seed, "rollout", step))
-        result = build_step_batch(step, job.engine, prompts, job.dataset.vocab, job.cfg.rollout.sampling,
+        result = build_step_batch(step, job.engine, prompts, job.dataset.vocab, job.cfg.rollout,
                                   job.cfg.reward, job.cfg.signal, lead.score)
     except Exception as exc:
         lead.abort(f"{type(exc).__name__}: {exc}")

@@ -15,11 +15,12 @@ from typing import Any
 
 import torch
 
-from recast_mcore.config.rollout import SamplingConfig
+from recast_mcore.config.rollout import RolloutConfig, SamplingConfig
 from recast_mcore.config.signal import RewardConfig, SignalConfig
 from recast_mcore.data.tokens import ItemVocab
 from recast_mcore.rewards import compute_rewards
 from recast_mcore.rewards.registry import padded_targets
+from recast_mcore.rollout.modes import roll_out
 from recast_mcore.rollout.types import RolloutGroups
 from recast_mcore.signal import SignalInputs, UpdateBatch, build_update_batch, fill_with_varied_groups
 from recast_mcore.trainer.data_feed import EpochSampler
@@ -64,17 +65,17 @@ def target_hits(item_ids: torch.Tensor, targets: list[list[int]]) -> torch.Tenso
     return ((item_ids.unsqueeze(-1) == ids.unsqueeze(1)) & valid.unsqueeze(1)).any(-1)
 
 
-def _generate(engine: Any, vocab: ItemVocab, examples: list, sampling: SamplingConfig,
+def _generate(engine: Any, vocab: ItemVocab, examples: list, sampling: RolloutConfig | SamplingConfig,
               reward_cfg: RewardConfig, tally: RolloutTally) -> tuple[RolloutGroups, torch.Tensor]:
     prompt_ids = [vocab.encode_prompt(ex.history) for ex in examples]
-    groups = engine.generate(prompt_ids, [list(ex.targets) for ex in examples], sampling)
+    groups = roll_out(engine, prompt_ids, [list(ex.targets) for ex in examples], sampling)  # rollout.mode
     rewards = compute_rewards(groups.item_ids, groups.targets, vocab.item_tokens, reward_cfg).float()
     tally.add(groups, rewards)
     return groups, rewards
 
 
 def build_step_batch(
-    step: int, engine: Any, prompts: EpochSampler, vocab: ItemVocab, sampling: SamplingConfig,
+    step: int, engine: Any, prompts: EpochSampler, vocab: ItemVocab, sampling: RolloutConfig | SamplingConfig,
     reward_cfg: RewardConfig, signal_cfg: SignalConfig, score_fn: Any,
 ) -> tuple[UpdateBatch, dict[str, float]]:
     """Roll out the step's prompts (plus dynamic-sampling rounds), reward them and build the UpdateBatch."""
