@@ -80,6 +80,11 @@ def _check_layout(result: dict, *, grads: bool = True) -> None:
         for key in ("sft_grads", "grpo_grads", "contrast_grads"):
             assert result[key] < GRAD_TOL, (key, result[key + "_worst"], result)
     assert result["weights_after_step"] < STEP_TOL, result
+    assert result["weights_after_rl_step"] < STEP_TOL, result  # fresh RL optimizer (use_optimizer) on every layout
+    # the frozen reference: built from local shards, equal to the actor bitwise, the same at every layout,
+    # unchanged by two optimizer steps of the actor
+    assert result["ref_minus_actor"] == 0.0 and result["ref_after_updates"] == 0.0, result
+    assert result["ref_logprobs"] < GRAD_TOL, result
     assert result["micro_batches"] >= 2
 
 

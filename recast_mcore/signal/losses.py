@@ -102,8 +102,8 @@ def ppo_clip_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> LossOutpu
         "ratio_sum": (ratio * ppo_mask).sum().detach(),
         "approx_kl_old_sum": (-log_ratio * ppo_mask).sum().detach(),
     }
-    if bool(nll_row.any()):
-        metrics["gt_nll_sum"] = (-token_logprobs * weight * (mask - ppo_mask)).sum().detach()
+    # always present (0 without GT rows): every micro-batch and DP rank must report the same metric keys
+    metrics["gt_nll_sum"] = (-token_logprobs * weight * (mask - ppo_mask)).sum().detach()
     per_token = _add_kl(per_token, token_logprobs, batch, mask, metrics)
     loss_sum = (per_token * weight).sum()
     return loss_sum, mask.sum(), metrics

@@ -9,10 +9,9 @@ import json
 import os
 from pathlib import Path
 
-from recast_mcore.config.actor import ModelConfig, ParallelConfig
+from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
 from recast_mcore.config.base import to_dict
 from recast_mcore.config.rollout import RolloutConfig
-from recast_mcore.config.signal import SignalConfig
 from recast_mcore.data.dataset import REQUIRED_FILES
 
 
@@ -147,10 +146,10 @@ def check_sequence_fits(max_history: int, item_len: int, max_seq_len: int) -> No
         )
 
 
-def check_signal_supported(signal_cfg: SignalConfig) -> None:
-    """recast-train keeps no reference policy, so a KL term (which needs ref_logprobs) cannot run."""
-    if signal_cfg.builder == "grpo" and signal_cfg.grpo.loss.use_kl:
+def check_rl_optimizer(rl_optim: OptimConfig, optim: OptimConfig) -> None:
+    """The RL optimizer reuses the actor's DDP buffers, built for ``optim.distributed_optimizer``."""
+    if rl_optim.distributed_optimizer != optim.distributed_optimizer:
         raise SetupError(
-            "signal.grpo.loss.use_kl=true needs reference-policy log-probs, but recast-train keeps no reference "
-            "model; set signal.grpo.loss.use_kl=false"
+            f"rl.optim.distributed_optimizer={rl_optim.distributed_optimizer} differs from "
+            f"optim.distributed_optimizer={optim.distributed_optimizer}: set both to the same value"
         )
