@@ -81,7 +81,9 @@ def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any])
         tmp.mkdir(parents=True)  # empty: dist_checkpointing warns about (and overwrites) non-empty dirs
     dist.barrier()
     sharded = _model_sharded(actor)
-    sharded["optimizer"] = actor.optimizer.sharded_state_dict(sharded, metadata=_optimizer_metadata(actor))
+    has_state = _optimizer_has_state(actor.optimizer)
+    if has_state:  # a never-stepped optimizer has no moments (and the DistributedOptimizer cannot say so)
+        sharded["optimizer"] = actor.optimizer.sharded_state_dict(sharded, metadata=_optimizer_metadata(actor))
     sharded["scheduler"] = actor.scheduler.state_dict()
     sharded["trainer_state"] = dict(trainer_state)
     sharded["layout"] = _layout()
@@ -98,7 +100,7 @@ def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any])
     if dist.get_rank() == 0:
         meta = {"layout": _layout(), "model": vars(actor.model_cfg), "vocab_size": actor.vocab_size,
                 "distributed_optimizer": actor.optim_cfg.distributed_optimizer, "step_count": actor.step_count,
-                "has_reference": reference is not None, "optimizer_has_state": _optimizer_has_state(actor.optimizer)}
+                "has_reference": reference is not None, "optimizer_has_state": has_state}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         old = directory.parent / f".{directory.name}.old"
         if directory.exists():
@@ -203,10 +205,12 @@ def load(actor: "MegatronActor", directory: Path, *, load_optimizer: bool) -> di
             actor.optimizer.load_state_dict(state["optimizer"])
         if actor.optim_cfg.distributed_optimizer:
             _restore_per_param_adam_step(actor.optimizer)
+    elif load_optimizer:  # saved before its first step: what resumes is a fresh optimizer (built on the loaded weights)
+        actor.use_optimizer(actor.optim_cfg)
+    else:
+        actor.optimizer.reload_model_params()
     if load_optimizer:
         actor.scheduler.load_state_dict(common["scheduler"])
-    if not load_moments:
-        actor.optimizer.reload_model_params()
     if same_layout:
         rng = torch.load(ckpt / "rng" / f"rank_{dist.get_rank()}.pt", weights_only=False)
         torch.set_rng_state(rng["cpu"])
