@@ -13,6 +13,7 @@ from recast_mcore.trainer.checks import (
     check_parallel_layout,
     check_prepared_dataset,
     check_rollout_layout,
+    check_more_sft,
     check_rl_optimizer,
     check_stage_inits,
 )
@@ -65,6 +66,9 @@ def test_engine_and_stage_settings():
     with pytest.raises(SetupError, match="rl.optim.distributed_optimizer=True differs"):
         check_rl_optimizer(OptimConfig(distributed_optimizer=True), OptimConfig())
     check_rl_optimizer(OptimConfig(lr=1e-6), OptimConfig())
+    with pytest.raises(SetupError, match="checkpoint.load_dir"):
+        check_more_sft("more_sft", "/some/sft/ckpt")
+    check_more_sft("more_sft", "")
 
 
 def test_epoch_sampler_is_step_addressed_and_covers_each_epoch():

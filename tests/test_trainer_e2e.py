@@ -234,16 +234,17 @@ def test_rl_stage_starts_from_an_sft_checkpoint(workdir, recast_run):
 
 @pytest.mark.parametrize("arm", ["grpo_gt", "recast_advantages", "more_sft"])
 def test_control_arms_run_as_plain_overrides(workdir, recast_run, arm):
-    """The study's arms are plain --set overrides; RL from the recast run's SFT checkpoint, one optimizer step
-    per RL step: the KL term is exactly 0 at the first step (reference == actor) and positive after."""
+    """The study's arms are plain --set overrides, each continuing the recast run's SFT checkpoint
+    (checkpoint.load_dir); one optimizer step per RL step: the KL term is exactly 0 at the first step
+    (reference == actor) and positive after."""
     overrides = {
         "grpo_gt": ["signal.builder=grpo_gt"],
         "recast_advantages": ["signal.recast.update=advantages"],
         "more_sft": ["rl.mode=more_sft"],
     }[arm]
     init = recast_run / "checkpoints" / "sft_step_000004"
-    config = _config(workdir, arm, sft={"enabled": False}, rl={"steps": 2, "eval_every": 0, "init_checkpoint": str(init),
-                                                                  "ppo_mini_batch_size": 0})
+    config = _config(workdir, arm, rl={"steps": 2, "eval_every": 0, "ppo_mini_batch_size": 0},
+                     checkpoint={"load_dir": str(init)})
     proc = _train(config, *[x for o in overrides for x in ("--set", o)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     rl = [r for r in _records(workdir / arm) if r["stage"] == "rl"]

@@ -153,3 +153,12 @@ def check_rl_optimizer(rl_optim: OptimConfig, optim: OptimConfig) -> None:
             f"rl.optim.distributed_optimizer={rl_optim.distributed_optimizer} differs from "
             f"optim.distributed_optimizer={optim.distributed_optimizer}: set both to the same value"
         )
+
+
+def check_more_sft(rl_mode: str, rl_init_checkpoint: str) -> None:
+    """``rl.mode=more_sft`` continues SFT (its data position and optimizer): a weights-only init cannot."""
+    if rl_mode == "more_sft" and rl_init_checkpoint:
+        raise SetupError(
+            "rl.mode=more_sft continues the SFT stage (its optimizer and data position), but rl.init_checkpoint loads "
+            "weights only: use checkpoint.load_dir=<the SFT checkpoint> instead (or run SFT in this run)"
+        )

@@ -25,6 +25,7 @@ from recast_mcore.trainer.checks import (
     check_rollout_layout,
     check_rollout_servers,
     check_sequence_fits,
+    check_more_sft,
     check_rl_optimizer,
     check_stage_inits,
     world_size_from_env,
@@ -77,6 +78,7 @@ def preflight(cfg: RunConfig) -> tuple[PreparedDataset, StartPoint]:
     """All checks that need no process group; returns the dataset and where the run starts."""
     check_stage_inits(cfg.sft.enabled, cfg.rl.init_checkpoint)
     check_rl_optimizer(cfg.rl.optim, cfg.optim)
+    check_more_sft(cfg.rl.mode, cfg.rl.init_checkpoint)
     dataset = preflight_data(cfg)
     start = select_start(cfg)
     if start.path is not None:
