@@ -232,7 +232,7 @@ def test_rl_stage_starts_from_an_sft_checkpoint(workdir, recast_run):
     assert first["reward_mean"] == reference["reward_mean"] and first["rollouts"] == reference["rollouts"]
 
 
-@pytest.mark.parametrize("arm", ["grpo_gt", "recast_advantages", "more_sft"])
+@pytest.mark.parametrize("arm", ["grpo_gt", "more_sft"])  # recast update=advantages: unit tests (test_signal_readings.py)
 def test_control_arms_run_as_plain_overrides(workdir, recast_run, arm):
     """The study's arms are plain --set overrides, each continuing the recast run's SFT checkpoint
     (checkpoint.load_dir); one optimizer step per RL step: the KL term is exactly 0 at the first step
