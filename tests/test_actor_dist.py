@@ -70,6 +70,8 @@ def test_reference_trie_logprobs_and_sft(ref_dir):
     assert ref["trie_logprob_max_diff"] < 1e-5  # actor.logprobs == plain-torch masked log-softmax
     losses = ref["sft_losses"]
     assert losses[-1] < 0.5 * losses[0], losses  # a short SFT run lowers the loss
+    # after recomputing old log-probs with the actor the first PPO ratio is 1 (to float rounding) and nothing clips
+    assert abs(ref["first_step_ratio_mean"] - 1.0) < 1e-6 and ref["first_step_clipfrac"] == 0.0, ref
 
 
 def _check_layout(result: dict, *, grads: bool = True) -> None:

@@ -94,10 +94,16 @@ def run_ref(out: Path) -> None:
             z = logits[len(p) + t - 1]
             ref[i, t] = z[r[t]] - torch.logsumexp(z[allowed], 0)
     trie_diff = float((lp - ref).abs().max())
+    # old log-probs recomputed by the actor: the PPO ratio of the first optimizer step is 1, nothing clips
+    recomputed = grpo_batch(vocab, groups=3, group_size=4, seed=21)
+    recomputed.old_logprobs = actor.logprobs(recomputed.prompt_ids, recomputed.responses)
+    first = actor.update(recomputed)
     # a short SFT run lowers the loss
     sft_prompts, sft_responses, _ = prompts_and_items(vocab, 16, seed=13)
     losses = [actor.sft_step(sft_prompts, sft_responses)["loss"] for _ in range(15)]
-    (out / "ref.json").write_text(json.dumps({"trie_logprob_max_diff": trie_diff, "sft_losses": losses}))
+    (out / "ref.json").write_text(json.dumps({"trie_logprob_max_diff": trie_diff, "sft_losses": losses,
+                                              "first_step_ratio_mean": first["ratio_mean"],
+                                              "first_step_clipfrac": first["clipfrac_mean"]}))
 
 
 def run_layout(name: str, out: Path) -> None:
