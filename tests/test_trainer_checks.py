@@ -63,9 +63,11 @@ def test_engine_and_stage_settings():
     check_rollout_layout(RolloutConfig(engine="sglang"), 2)
     with pytest.raises(SetupError, match="sft.enabled=false"):
         check_stage_inits(True, "/some/ckpt")
-    with pytest.raises(SetupError, match="rl.optim.distributed_optimizer=True differs"):
+    with pytest.raises(SetupError, match=r"rl.optim.distributed_optimizer=True differs from optim.distributed_optimizer=False"):
         check_rl_optimizer(OptimConfig(distributed_optimizer=True), OptimConfig())
     check_rl_optimizer(OptimConfig(lr=1e-6), OptimConfig())
+    with pytest.raises(SetupError, match="rl.optim.overlap_grad_reduce"):
+        check_rl_optimizer(OptimConfig(overlap_grad_reduce=True), OptimConfig())
     with pytest.raises(SetupError, match="checkpoint.load_dir"):
         check_more_sft("more_sft", "/some/sft/ckpt")
     check_more_sft("more_sft", "")

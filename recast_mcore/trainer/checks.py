@@ -11,6 +11,7 @@ from pathlib import Path
 
 from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
 from recast_mcore.config.base import to_dict
+from recast_mcore.config.train import DDP_FIXED_OPTIM_FIELDS
 from recast_mcore.config.rollout import RolloutConfig
 from recast_mcore.data.dataset import REQUIRED_FILES
 
@@ -147,12 +148,11 @@ def check_sequence_fits(max_history: int, item_len: int, max_seq_len: int) -> No
 
 
 def check_rl_optimizer(rl_optim: OptimConfig, optim: OptimConfig) -> None:
-    """The RL optimizer reuses the actor's DDP buffers, built for ``optim.distributed_optimizer``."""
-    if rl_optim.distributed_optimizer != optim.distributed_optimizer:
-        raise SetupError(
-            f"rl.optim.distributed_optimizer={rl_optim.distributed_optimizer} differs from "
-            f"optim.distributed_optimizer={optim.distributed_optimizer}: set both to the same value"
-        )
+    """The RL optimizer reuses the actor's DDP wrappers, built from some of ``optim``'s fields."""
+    differ = [f"rl.optim.{k}={getattr(rl_optim, k)} differs from optim.{k}={getattr(optim, k)}"
+              for k in DDP_FIXED_OPTIM_FIELDS if getattr(rl_optim, k) != getattr(optim, k)]
+    if differ:
+        raise SetupError("; ".join(differ) + ": the RL optimizer reuses the actor's DDP wrappers, set both to the same value")
 
 
 def check_more_sft(rl_mode: str, rl_init_checkpoint: str) -> None:
