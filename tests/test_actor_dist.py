@@ -70,6 +70,8 @@ def test_reference_trie_logprobs_and_sft(ref_dir):
     assert ref["trie_logprob_max_diff"] < 1e-5  # actor.logprobs == plain-torch masked log-softmax
     losses = ref["sft_losses"]
     assert losses[-1] < 0.5 * losses[0], losses  # a short SFT run lowers the loss
+    # after recomputing old log-probs with the actor the first PPO ratio is 1 (to float rounding) and nothing clips
+    assert abs(ref["first_step_ratio_mean"] - 1.0) < 1e-6 and ref["first_step_clipfrac"] == 0.0, ref
 
 
 def _check_layout(result: dict, *, grads: bool = True) -> None:
@@ -80,6 +82,11 @@ def _check_layout(result: dict, *, grads: bool = True) -> None:
         for key in ("sft_grads", "grpo_grads", "contrast_grads"):
             assert result[key] < GRAD_TOL, (key, result[key + "_worst"], result)
     assert result["weights_after_step"] < STEP_TOL, result
+    assert result["weights_after_rl_step"] < STEP_TOL, result  # fresh RL optimizer (use_optimizer) on every layout
+    # the frozen reference: built from local shards, equal to the actor bitwise, the same at every layout,
+    # unchanged by two optimizer steps of the actor
+    assert result["ref_minus_actor"] == 0.0 and result["ref_after_updates"] == 0.0, result
+    assert result["ref_logprobs"] < GRAD_TOL, result
     assert result["micro_batches"] >= 2
 
 

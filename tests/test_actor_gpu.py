@@ -94,3 +94,12 @@ def test_nccl_tp2_matches_tp1(tmp_path):
     _run(tmp_path, "actor_worker.py", "layout", "tp2only", str(tmp_path), nproc=2)
     result = json.loads((tmp_path / "layout_tp2only.json").read_text())
     assert result["logprobs"] < 1e-5 and result["grpo_grads"] < 1e-5 and result["sft_grads"] < 1e-5, result
+
+
+def test_reference_offload_on_gpu(tmp_path):
+    """The KL reference with offload: pinned host weights between uses, the same log-probs as kept on device."""
+    _run(tmp_path, "gpu_worker.py", "reference_offload", str(tmp_path))
+    result = json.loads((tmp_path / "gpu_reference_offload.json").read_text())
+    assert result["offloaded_on_host"] and result["back_on_host"], result
+    assert result["logprob_max_diff"] < 1e-5, result  # same weights, same kernels
+    assert result["device_bytes_saved"] >= 0.9 * result["param_bytes"], result

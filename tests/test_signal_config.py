@@ -10,13 +10,17 @@ def test_signal_config_loads_from_yaml_with_overrides(tmp_path):
     path = tmp_path / "signal.yaml"
     path.write_text(
         "builder: grpo\n"
-        "grpo:\n  std: biased\n  loss:\n    dual_clip_c: null\n    use_kl: true\n"
+        "kl:\n  use_kl: true\n"
+        "ppo:\n  dual_clip_c: null\n"
+        "grpo:\n  std: biased\n"
         "recast:\n  num_negatives: 2\n  loss:\n    form: hinge\n"
         "dynamic_sampling:\n  enabled: true\n"
     )
-    cfg = load_config(SignalConfig, path, ["recast.anchor_target=policy_best", "grpo.loss.clip_high=0.3"])
-    assert cfg.builder == "grpo" and cfg.grpo.std == "biased" and cfg.grpo.loss.dual_clip_c is None
-    assert cfg.grpo.loss.use_kl and cfg.grpo.loss.clip_high == 0.3
+    cfg = load_config(SignalConfig, path, ["recast.anchor_target=policy_best", "ppo.clip_high=0.3",
+                                               "recast.update=advantages", "builder=grpo_gt"])
+    assert cfg.builder == "grpo_gt" and cfg.grpo.std == "biased" and cfg.ppo.dual_clip_c is None
+    assert cfg.kl.use_kl and cfg.kl.coef == 0.001 and cfg.ppo.clip_high == 0.3
+    assert cfg.recast.update == "advantages" and cfg.recast.advantages.magnitude == "margin"
     assert cfg.recast.num_negatives == 2 and cfg.recast.loss.form == "hinge"
     assert cfg.recast.anchor_target == "policy_best" and cfg.dynamic_sampling.enabled
 
@@ -29,7 +33,13 @@ def test_signal_config_errors_name_the_key():
     with pytest.raises(ConfigError, match="negative_threshold must be < positive_threshold"):
         load_config(SignalConfig, None, ["recast.negative_threshold=1.0"])
     with pytest.raises(ConfigError, match="dual_clip_c must be > 1"):
-        load_config(SignalConfig, None, ["grpo.loss.dual_clip_c=0.5"])
+        load_config(SignalConfig, None, ["ppo.dual_clip_c=0.5"])
+    with pytest.raises(ConfigError, match="unknown key 'grpo.loss'"):  # moved to the shared signal.ppo / signal.kl
+        load_config(SignalConfig, None, ["grpo.loss.use_kl=true"])
+    with pytest.raises(ConfigError, match="'recast.update'"):
+        load_config(SignalConfig, None, ["recast.update=dpo"])
+    with pytest.raises(ConfigError, match="kl.coef must be >= 0"):
+        load_config(SignalConfig, None, ["kl.coef=-1"])
     with pytest.raises(ConfigError, match="'builder'"):
         load_config(SignalConfig, None, ["builder=dpo"])
 

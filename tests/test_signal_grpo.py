@@ -62,7 +62,7 @@ def test_all_zero_group_gives_zero_grpo_gradient():
 
 
 def test_builder_registry_and_input_errors():
-    with pytest.raises(KeyError, match="valid: grpo, recast"):
+    with pytest.raises(KeyError, match="valid: grpo, grpo_gt, recast"):
         get_builder("ppo")
     inputs = _inputs([[0, 1]], [[-1.0, -2.0]], [[0]])
     inputs.rewards = torch.zeros(1, 3)
@@ -70,4 +70,4 @@ def test_builder_registry_and_input_errors():
         build_update_batch(inputs, SignalConfig(builder="grpo"))
     inputs = _inputs([[0, 1]], [[-1.0, -2.0]], [[0]])
     with pytest.raises(ValueError, match="clip_low"):
-        build_update_batch(inputs, SignalConfig(builder="grpo", grpo=GrpoConfig(loss=PpoLossConfig(clip_low=1.5))))
+        build_update_batch(inputs, SignalConfig(builder="grpo", ppo=PpoLossConfig(clip_low=1.5)))

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from recast_mcore.config.signal import ContrastLossConfig, PpoLossConfig
+from recast_mcore.config.signal import ContrastLossConfig, KlConfig, PpoLossConfig
 from recast_mcore.signal.batch import Role
 from recast_mcore.signal.losses import compute_policy_loss, get_loss, register_loss
 from signal_helpers import make_batch
@@ -50,7 +50,8 @@ def test_ppo_k3_kl_term_and_missing_ref_raises():
     old = torch.zeros(1, 2)
     lp = torch.zeros(1, 2)
     ref = torch.tensor([[0.5, -0.25]])
-    batch = make_batch(old, group_index=[0], advantages=[0.0], params=PpoLossConfig(use_kl=True, kl_coef=0.1), ref_logprobs=ref)
+    batch = make_batch(old, group_index=[0], advantages=[0.0], ref_logprobs=ref)
+    batch.kl = KlConfig(use_kl=True, coef=0.1)
     loss_sum, denom, metrics = compute_policy_loss(lp, batch)
     k3 = sum(math.exp(d) - d - 1 for d in (0.5, -0.25))
     assert loss_sum.item() == pytest.approx(0.1 * k3, rel=1e-6)

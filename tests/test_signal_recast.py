@@ -76,25 +76,45 @@ def test_positive_ties_broken_by_log_prob_and_top_k_negatives():
     assert k_more.num_sequences == 3 and k_more.num_pairs == 2  # only 2 negatives exist
 
 
-def test_all_positive_group_skip_or_lowest_reward():
+def test_all_positive_group_skip_or_lowest_reward_never_another_target():
     ids, logps, targets = [[0, 1, 1]], [[-1.0, -2.0, -0.5]], [[0, 1]]
     skipped = _build(ids, logps, targets)
     assert skipped.num_sequences == 0 and skipped.stats.frac_all_positive == 1.0
     assert skipped.stats.frac_skipped == 1.0
-    lowest = _build(ids, logps, targets, no_negative="lowest_reward")
-    # positive = item 1 at -0.5; partner: a different item, lowest reward then lowest log-prob -> item 0
-    assert [int(lowest.responses[i, 2]) - 9 for i in range(2)] == [1, 0]
+    # review fix: every member is a target item (reward equal to the positive's): nothing to contrast with
+    assert _build(ids, logps, targets, no_negative="lowest_reward").num_sequences == 0
     same_item = _build([[4, 4]], [[-1.0, -2.0]], [[4]], no_negative="lowest_reward")
     assert same_item.num_sequences == 0  # nothing different to contrast with
+    # a hit plus a partial-credit non-target (prefix reward 2/3, not a negative): lowest_reward takes it
+    partial = _build([[0, 6, 1]], [[-1.0, -0.5, -3.0]], [[0, 1]], reward="prefix_match", no_negative="lowest_reward")
+    assert [int(partial.responses[i, 2]) - 9 for i in range(2)] == [0, 6]
+    assert partial.roles.tolist() == [Role.POSITIVE, Role.NEGATIVE]
 
 
-def test_prefix_reward_thresholds():
+def test_top_k_negatives_are_distinct_items():
+    # item 3 sampled twice (same log-prob); k = 2 must give items 3 and 2, not 3 twice
+    batch = _build([[0, 3, 3, 2]], [[-3.0, -1.0, -1.0, -2.0]], [[0]], num_negatives=2)
+    assert [int(batch.responses[i, 2]) - 9 for i in range(3)] == [0, 3, 2]
+    only_dupes = _build([[0, 3, 3]], [[-3.0, -1.0, -1.0]], [[0]], num_negatives=2)
+    assert only_dupes.num_pairs == 1  # duplicates count once
+
+
+def test_prefix_reward_thresholds_and_repair_keys_on_no_full_hit():
     # target 0 = (4, 6, 9); item 6 = (4, 6, 15) shares 2 levels (r = 2/3), item 1 = (5, 7, 10) none (r = 0)
     batch = _build([[6, 1]], [[-0.5, -2.0]], [[0]], reward="prefix_match")
     assert batch.roles.tolist() == [Role.ANCHOR, Role.NEGATIVE]  # no full hit -> repaired
     assert torch.equal(batch.responses[1], item_response(1))  # the partial match is not a negative
+    # a partial "positive" (threshold 0.5) does not stop the repair: repair keys on "no full hit"
     low = _build([[6, 1]], [[-0.5, -2.0]], [[0]], reward="prefix_match", positive_threshold=0.5)
-    assert torch.equal(low.responses[0], item_response(6)) and low.roles[0] == Role.POSITIVE
+    assert low.roles.tolist() == [Role.ANCHOR, Role.NEGATIVE] and torch.equal(low.responses[0], item_response(0))
+    no_repair = _build([[6, 1]], [[-0.5, -2.0]], [[0]], reward="prefix_match", positive_threshold=0.5, repair=False)
+    assert torch.equal(no_repair.responses[0], item_response(6)) and no_repair.roles[0] == Role.POSITIVE
+    # partial credit only (items 6: r = 2/3, 2 = (4, 8, 11): r = 1/3), no member with r <= 0: still repaired,
+    # the partner is the lowest-reward member
+    partial = _build([[6, 2]], [[-0.5, -2.0]], [[0]], reward="prefix_match")
+    assert partial.roles.tolist() == [Role.ANCHOR, Role.NEGATIVE]
+    assert torch.equal(partial.responses[0], item_response(0)) and torch.equal(partial.responses[1], item_response(2))
+    assert partial.stats.frac_repaired == 1.0
 
 
 def test_update_width_at_most_one_plus_k_per_group():

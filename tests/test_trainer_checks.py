@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from recast_mcore.config.actor import ModelConfig, ParallelConfig
+from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
 from recast_mcore.config.base import to_dict
 from recast_mcore.config.rollout import RolloutConfig
 from recast_mcore.trainer.checks import (
@@ -13,10 +13,10 @@ from recast_mcore.trainer.checks import (
     check_parallel_layout,
     check_prepared_dataset,
     check_rollout_layout,
-    check_signal_supported,
+    check_more_sft,
+    check_rl_optimizer,
     check_stage_inits,
 )
-from recast_mcore.config.signal import SignalConfig
 from recast_mcore.trainer.data_feed import EpochSampler
 
 
@@ -63,10 +63,14 @@ def test_engine_and_stage_settings():
     check_rollout_layout(RolloutConfig(engine="sglang"), 2)
     with pytest.raises(SetupError, match="sft.enabled=false"):
         check_stage_inits(True, "/some/ckpt")
-    cfg = SignalConfig(builder="grpo")
-    cfg.grpo.loss.use_kl = True
-    with pytest.raises(SetupError, match="use_kl=false"):
-        check_signal_supported(cfg)
+    with pytest.raises(SetupError, match=r"rl.optim.distributed_optimizer=True differs from optim.distributed_optimizer=False"):
+        check_rl_optimizer(OptimConfig(distributed_optimizer=True), OptimConfig())
+    check_rl_optimizer(OptimConfig(lr=1e-6), OptimConfig())
+    with pytest.raises(SetupError, match="rl.optim.overlap_grad_reduce"):
+        check_rl_optimizer(OptimConfig(overlap_grad_reduce=True), OptimConfig())
+    with pytest.raises(SetupError, match="checkpoint.load_dir"):
+        check_more_sft("more_sft", "/some/sft/ckpt")
+    check_more_sft("more_sft", "")
 
 
 def test_epoch_sampler_is_step_addressed_and_covers_each_epoch():

@@ -31,10 +31,12 @@ TINY = {
     "optim": {"lr": 0.003},
     "rollout": {"engine": "torch", "sampling": {"group_size": 4}},
     "sft": {"max_steps": 4, "batch_size": 32, "save_every": 2, "log_every": 1},
-    "rl": {"steps": STEPS, "prompts_per_step": 8, "eval_every": 2},
+    # RL with its own optimizer, a KL reference and 2 mini-batches per step (old log-probs recomputed)
+    "rl": {"steps": STEPS, "prompts_per_step": 8, "eval_every": 2, "ppo_mini_batch_size": 4,
+           "optim": {"lr": 0.002, "warmup_steps": 0, "decay_style": "cosine", "decay_steps": STEPS, "min_lr": 0.0005}},
     "eval": {"ks": [1, 5], "beam_width": 5, "max_users": 24, "batch_size": 24},
     "checkpoint": {"save_interval": 2, "keep_last": 0},
-    "signal": {"builder": "recast"},
+    "signal": {"builder": "recast", "kl": {"use_kl": True, "coef": 0.05}},
     "logging": {"progress_bar": False},
 }
 
@@ -148,6 +150,11 @@ def test_recast_end_to_end(recast_run):
     # ReCast sends at most 1 positive (sampled or repaired anchor) + 1 hardest negative per prompt
     assert all(0 < r["update_width"] <= 2 for r in rl)
     assert all(r["actor/loss"] is not None for r in rl)
+    # 8 prompts in mini-batches of 4: two optimizer steps per RL step, old log-probs recomputed (auto), KL > 0
+    # once the actor moved, learning rate from rl.optim (cosine 0.002 -> 0.0005 over the RL steps)
+    assert [r["actor/optimizer_steps"] for r in rl] == [2.0] * STEPS
+    assert all(r["actor/old_logprobs_recomputed"] == 1.0 and r["actor/kl_ref_mean"] > 0 for r in rl)
+    assert rl[0]["actor/lr"] < 0.002 and rl[-1]["actor/lr"] == pytest.approx(0.0005)
 
 
 def test_grpo_end_to_end(workdir):
@@ -165,13 +172,15 @@ def test_resume_after_kills_reproduces_uninterrupted_run(workdir, recast_run):
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "sft_step_000004"
     assert (run_dir / "checkpoints" / ".rl_step_000002.tmp").is_dir()
-    # 2) resumed from sft_step_4, killed inside the 3rd actor update (RL step 3)
-    proc = _train(config, kill=("mid_update", 3))
+    # 2) resumed from sft_step_4, killed inside the 6th actor update = RL step 3's second mini-batch, after
+    #    its first optimizer step moved the weights (two per step: test_recast_end_to_end checks it)
+    proc = _train(config, kill=("mid_update", 6))
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert "resume from" in proc.stdout + proc.stderr
     assert (run_dir / "checkpoints" / "latest").read_text().strip() == "rl_step_000002"
-    # 3) resumed from rl_step_2, runs to the end
+    # 3) resumed from rl_step_2 (RL optimizer state, reference policy, mini-batch order), runs to the end
     proc = _train(config)
+    assert "reference policy loaded from" in proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _stable(_records(run_dir)) == _stable(_records(recast_run))
 
@@ -221,3 +230,33 @@ def test_rl_stage_starts_from_an_sft_checkpoint(workdir, recast_run):
     reference = [r for r in _records(recast_run) if r["stage"] == "rl"][0]
     # same weights and same step-1 seeds: the first rollout is the recast run's first rollout
     assert first["reward_mean"] == reference["reward_mean"] and first["rollouts"] == reference["rollouts"]
+
+
+@pytest.mark.parametrize("arm", ["grpo_gt", "more_sft"])  # recast update=advantages: unit tests (test_signal_readings.py)
+def test_control_arms_run_as_plain_overrides(workdir, recast_run, arm):
+    """The study's arms are plain --set overrides, each continuing the recast run's SFT checkpoint
+    (checkpoint.load_dir); one optimizer step per RL step: the KL term is exactly 0 at the first step
+    (reference == actor) and positive after."""
+    overrides = {
+        "grpo_gt": ["signal.builder=grpo_gt"],
+        "recast_advantages": ["signal.recast.update=advantages"],
+        "more_sft": ["rl.mode=more_sft"],
+    }[arm]
+    init = recast_run / "checkpoints" / "sft_step_000004"
+    config = _config(workdir, arm, rl={"steps": 2, "eval_every": 0, "ppo_mini_batch_size": 0},
+                     checkpoint={"load_dir": str(init)})
+    proc = _train(config, *[x for o in overrides for x in ("--set", o)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rl = [r for r in _records(workdir / arm) if r["stage"] == "rl"]
+    assert len(rl) == 2
+    if arm == "more_sft":  # SFT steps in the RL slots: no rollouts, an SFT loss, the SFT optimizer
+        assert [r["rollouts"] for r in rl] == [0.0, 0.0] and rl[-1]["rollout_budget"] == 0
+        assert all(r["actor/loss"] > 0 and "actor/kl_ref_mean" not in r for r in rl)
+        return
+    assert rl[0]["actor/kl_ref_mean"] == 0.0 and rl[1]["actor/kl_ref_mean"] > 0
+    assert [r["actor/optimizer_steps"] for r in rl] == [1.0, 1.0]
+    if arm == "grpo_gt":
+        assert rl[0]["signal/frac_repaired"] > 0 and rl[0]["update_width"] > 4  # G sampled rows + GT rows
+        assert rl[0]["actor/gt_nll_mean"] > 0
+    else:
+        assert rl[0]["update_width"] <= 2 and rl[0]["actor/pg_loss_mean"] is not None

@@ -8,6 +8,7 @@ import yaml
 
 from recast_mcore.config.base import load_config, to_dict
 from recast_mcore.config.run import RunConfig
+from recast_mcore.trainer.checks import check_rl_optimizer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -16,6 +17,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def test_example_config_loads(path):
     cfg = load_config(RunConfig, path)
     assert cfg.data.prepared_dir and cfg.run_dir
+    check_rl_optimizer(cfg.rl.optim, cfg.optim)  # the RL optimizer fits the actor's DDP wrappers
     assert max(cfg.eval.ks) <= cfg.eval.beam_width
 
 

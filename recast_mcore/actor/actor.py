@@ -27,8 +27,10 @@ from recast_mcore.actor.microbatch import micro_batch_rows, plan_rows, plan_upda
 from recast_mcore.actor.model import build_model_chunks, use_transformer_engine
 from recast_mcore.actor.nonfinite import StepGuard
 from recast_mcore.actor.packing import pack_micro_batches, resolve_layout, sequence_lengths, thd_multiple
+from recast_mcore.actor.reference import ReferencePolicy
 from recast_mcore.actor.state_dict import gather_full, load_full
 from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
+from recast_mcore.config.train import DDP_FIXED_OPTIM_FIELDS
 from recast_mcore.data.trie import ItemTrie
 from recast_mcore.signal.batch import Role, UpdateBatch
 
@@ -63,6 +65,8 @@ class MegatronActor:
         self.guard = StepGuard(optim_cfg)
         self._params_stale = False
         self.step_count = 0
+        self.reference: ReferencePolicy | None = None
+        """Frozen reference policy (``build_reference``); saved in every checkpoint while it exists."""
 
     # ------------------------------------------------------------------ construction
     def _wrap_ddp(self, chunks: list[torch.nn.Module]) -> list[DistributedDataParallel]:
@@ -111,6 +115,27 @@ class MegatronActor:
             wd_incr_steps=1,
             wd_incr_style="constant",
         )
+
+    def use_optimizer(self, optim_cfg: OptimConfig) -> None:
+        """Replace the optimizer and LR schedule by fresh ones from ``optim_cfg`` (zero moments, step 0 of its
+        schedule), over the same DDP buffers: the RL stage's own optimizer. ``distributed_optimizer`` must
+        match the one the DDP wrappers were built for."""
+        differ = [f"{k}={getattr(optim_cfg, k)} (actor: {getattr(self.optim_cfg, k)})" for k in DDP_FIXED_OPTIM_FIELDS
+                  if getattr(optim_cfg, k) != getattr(self.optim_cfg, k)]
+        if differ:
+            raise ValueError(f"use_optimizer: the DDP wrappers were built for other settings: {', '.join(differ)}")
+        self.sync_params()
+        self._zero_grads()
+        self.optim_cfg = optim_cfg
+        self.optimizer = get_megatron_optimizer(self._optimizer_config(), self.model)
+        self.scheduler = self._scheduler()
+        self.guard = StepGuard(optim_cfg)
+        self.config.grad_scale_func = self.optimizer.scale_loss
+
+    def build_reference(self, offload: bool = False) -> ReferencePolicy:
+        """Freeze a copy of the current weights as the reference policy (local shards, no gather)."""
+        self.reference = ReferencePolicy(self, offload=offload)
+        return self.reference
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -210,13 +235,17 @@ class MegatronActor:
     # ------------------------------------------------------------------ public API
     def logprobs(self, prompt_ids: list[list[int]], responses: torch.Tensor) -> torch.Tensor:
         """[N, T] constrained token log-probs of ``responses`` given ``prompt_ids`` (forward only), on all ranks."""
+        return self.forward_logprobs(self.model, prompt_ids, responses)
+
+    def forward_logprobs(self, model: list[torch.nn.Module], prompt_ids: list[list[int]], responses: torch.Tensor) -> torch.Tensor:
+        """``logprobs`` of any model chunks in this actor's layout (the actor's, or the frozen reference's)."""
         self._check_responses(prompt_ids, responses)
         n, t = responses.shape
         mbs, chunks, _ = self._row_micro_batches(prompt_ids, responses)
-        for m in self.model:
+        for m in model:
             m.eval()
         with torch.no_grad():
-            stores = run_micro_batches(self.model, mbs, kind="logprobs", trie=self.trie, vocab_size=self.vocab_size, forward_only=True)
+            stores = run_micro_batches(model, mbs, kind="logprobs", trie=self.trie, vocab_size=self.vocab_size, forward_only=True)
         out = torch.zeros(n, t, dtype=torch.float32)
         if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
             for rows, store in zip(chunks, stores):
@@ -342,6 +371,16 @@ class MegatronActor:
         """Atomic dist checkpoint (model, optimizer, scheduler, RNG, trainer state) at ``directory``."""
         self.sync_params()
         return checkpointing.save(self, Path(directory), trainer_state)
+
+    def load_reference(self, directory: str | Path) -> Path:
+        """Load the reference weights saved in a checkpoint (``build_reference`` first); returns its path."""
+        if self.reference is None:
+            raise RuntimeError("load_reference: call build_reference() first")
+        return checkpointing.load_reference(self, Path(directory))
+
+    def saved_trainer_state(self, directory: str | Path) -> dict[str, Any]:
+        """The trainer state a checkpoint holds, read without loading anything."""
+        return checkpointing.saved_trainer_state(Path(directory))
 
     def load(self, directory: str | Path, *, load_optimizer: bool = True) -> dict[str, Any]:
         """Load a checkpoint (``directory`` itself, or the one its ``latest`` file names); returns trainer_state."""

@@ -6,6 +6,8 @@ Layout of a checkpoint directory ``D`` (e.g. ``<run>/checkpoints/rl_step_000010`
                        (scheduler state_dict, trainer_state, saved layout)
     D/rng/rank_<r>.pt  torch CPU (and CUDA) RNG state of global rank r (restored only at the same layout)
     D/actor_meta.json  layout and model config, written last (a directory without it is incomplete)
+    (reference policy) when the actor has one (RL with a KL term), its weights under keys ``reference.*``
+                       in the same dist_checkpointing files; ``has_reference`` in actor_meta.json
     <parent>/latest    text: the name of the last complete checkpoint (same format as trainer/checkpoints.py)
 
 Atomic save: everything is written to ``<parent>/.<name>.tmp``; after all ranks finished, rank 0 renames it
@@ -79,17 +81,26 @@ def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any])
         tmp.mkdir(parents=True)  # empty: dist_checkpointing warns about (and overwrites) non-empty dirs
     dist.barrier()
     sharded = _model_sharded(actor)
-    sharded["optimizer"] = actor.optimizer.sharded_state_dict(sharded, metadata=_optimizer_metadata(actor))
+    has_state = _optimizer_has_state(actor.optimizer)
+    if has_state:  # a never-stepped optimizer has no moments (and the DistributedOptimizer cannot say so)
+        sharded["optimizer"] = actor.optimizer.sharded_state_dict(sharded, metadata=_optimizer_metadata(actor))
     sharded["scheduler"] = actor.scheduler.state_dict()
     sharded["trainer_state"] = dict(trainer_state)
     sharded["layout"] = _layout()
+    reference = actor.reference
+    if reference is not None:  # the frozen KL reference travels with the run (actor/reference.py)
+        reference.onload()
+        sharded["reference"] = reference.sharded_state_dict()
     dist_checkpointing.save(sharded, str(tmp))
+    if reference is not None:
+        reference.release()
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank_{dist.get_rank()}.pt")
     dist.barrier()
     if dist.get_rank() == 0:
         meta = {"layout": _layout(), "model": vars(actor.model_cfg), "vocab_size": actor.vocab_size,
-                "distributed_optimizer": actor.optim_cfg.distributed_optimizer, "step_count": actor.step_count}
+                "distributed_optimizer": actor.optim_cfg.distributed_optimizer, "step_count": actor.step_count,
+                "has_reference": reference is not None, "optimizer_has_state": has_state}
         (tmp / META).write_text(json.dumps(meta, indent=2))
         old = directory.parent / f".{directory.name}.old"
         if directory.exists():
@@ -102,6 +113,12 @@ def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any])
         pointer.replace(directory.parent / LATEST)
     dist.barrier()
     return directory
+
+
+def _optimizer_has_state(optimizer) -> bool:
+    """False for an optimizer that never stepped (e.g. the RL optimizer right after ``use_optimizer``):
+    its sharded state dict has no moments, so there is nothing to load back."""
+    return any(bool(opt.optimizer.state) for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
 
 
 def resolve(directory: Path) -> Path:
@@ -135,6 +152,26 @@ def _restore_per_param_adam_step(optimizer) -> None:
                     st["step"] = torch.as_tensor(float(group["step"]), dtype=st["step"].dtype, device=st["step"].device) if torch.is_tensor(st["step"]) else group["step"]
 
 
+def saved_trainer_state(directory: Path) -> dict[str, Any]:
+    """The trainer_state stored in a checkpoint (``directory`` or what its ``latest`` names), read without loading."""
+    return dict(dist_checkpointing.load_common_state_dict(str(resolve(directory)))["trainer_state"])
+
+
+def load_reference(actor: "MegatronActor", directory: Path) -> Path:
+    """Load the reference weights saved in a checkpoint into ``actor.reference`` (collective); returns the path."""
+    ckpt = resolve(directory)
+    meta = json.loads((ckpt / META).read_text())
+    if not meta.get("has_reference"):
+        raise ValueError(f"checkpoint {ckpt} holds no reference policy (it was saved while none existed)")
+    reference = actor.reference
+    reference.onload()
+    state = dist_checkpointing.load({"reference": reference.sharded_state_dict()}, str(ckpt))
+    reference.load_state_dict(state["reference"])
+    reference.release()
+    dist.barrier()
+    return ckpt
+
+
 def load(actor: "MegatronActor", directory: Path, *, load_optimizer: bool) -> dict[str, Any]:
     """Load (collective); returns the saved trainer_state. See module doc for resharding rules."""
     ckpt = resolve(directory)
@@ -153,7 +190,8 @@ def load(actor: "MegatronActor", directory: Path, *, load_optimizer: bool) -> di
     if load_optimizer and meta["distributed_optimizer"] != actor.optim_cfg.distributed_optimizer:
         raise ValueError("checkpoint and actor disagree on optim.distributed_optimizer; pass load_optimizer=False")
     sharded = _model_sharded(actor)
-    if load_optimizer:
+    load_moments = load_optimizer and meta.get("optimizer_has_state", True)  # never stepped: keep the fresh optimizer
+    if load_moments:
         sharded["optimizer"] = actor.optimizer.sharded_state_dict(sharded, is_loading=True, metadata=_optimizer_metadata(actor))
     common = dist_checkpointing.load_common_state_dict(str(ckpt))
     state = dist_checkpointing.load(sharded, str(ckpt))
@@ -162,14 +200,17 @@ def load(actor: "MegatronActor", directory: Path, *, load_optimizer: bool) -> di
     else:
         for i, chunk in enumerate(actor.chunks):
             chunk.load_state_dict(state[f"model{i}"])
-    if load_optimizer:
+    if load_moments:
         with torch.no_grad():
             actor.optimizer.load_state_dict(state["optimizer"])
         if actor.optim_cfg.distributed_optimizer:
             _restore_per_param_adam_step(actor.optimizer)
-        actor.scheduler.load_state_dict(common["scheduler"])
+    elif load_optimizer:  # saved before its first step: what resumes is a fresh optimizer (built on the loaded weights)
+        actor.use_optimizer(actor.optim_cfg)
     else:
         actor.optimizer.reload_model_params()
+    if load_optimizer:
+        actor.scheduler.load_state_dict(common["scheduler"])
     if same_layout:
         rng = torch.load(ckpt / "rng" / f"rank_{dist.get_rank()}.pt", weights_only=False)
         torch.set_rng_state(rng["cpu"])

@@ -156,10 +156,12 @@ def recompute_kwargs(model_cfg: ModelConfig) -> dict:
 
 
 def build_model_chunks(
-    model_cfg: ModelConfig, parallel_cfg: ParallelConfig, vocab_size: int
+    model_cfg: ModelConfig, parallel_cfg: ParallelConfig, vocab_size: int, *, initialize: bool = True
 ) -> tuple[list[GPTModel], TransformerConfig]:
-    """This rank's model chunks (one per virtual pipeline stage), on the current device, in params_dtype."""
+    """This rank's model chunks (one per virtual pipeline stage), on the current device, in params_dtype.
+    ``initialize=False`` skips the random init (the caller copies weights in; no RNG is consumed)."""
     config = transformer_config(model_cfg, parallel_cfg)
+    config.perform_initialization = initialize
     spec = layer_spec(model_cfg)
     vpp = parallel_cfg.virtual_pipeline_parallel
     chunks = []

@@ -9,6 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from recast_mcore.config.actor import OptimConfig
+
+
+DDP_FIXED_OPTIM_FIELDS = ("distributed_optimizer", "overlap_grad_reduce", "overlap_param_gather", "nonfinite_policy")
+"""OptimConfig fields the actor's DDP wrappers are built from: `rl.optim` must keep `optim`'s values."""
+
+
+def openonerec_rl_optim() -> OptimConfig:
+    """OpenOneRec-RL's actor optimizer (verl_rl/recipe/onerec/run_grpo.sh): AdamW lr 2e-6, 10 linear warmup
+    steps then constant, weight decay 0.1, gradient-norm clip 1.0. The large-model default of ``rl.optim``."""
+    return OptimConfig(lr=2e-6, warmup_steps=10, decay_style="constant", weight_decay=0.1, clip_grad=1.0)
+
 
 @dataclass(kw_only=True)
 class SftConfig:
@@ -62,10 +74,35 @@ class RlConfig:
     """Evaluate every this many RL steps (0 = only at the end)."""
     log_every: int = 1
     """Write the step's metrics every this many steps (the rollout budget is logged with every record)."""
+    mode: Literal["rl", "more_sft"] = "rl"
+    """`rl`: the RL loop. `more_sft`: the "same steps on more SFT" control: each of the `steps` steps is one more
+    SFT optimizer step (the SFT data feed and optimizer continued, no rollouts, rollout budget 0), with the same
+    evaluation and checkpoint schedule as an RL run, logged as `rl` records."""
+    optim: OptimConfig = field(default_factory=openonerec_rl_optim)
+    """The RL stage's own optimizer and LR schedule, started fresh when RL starts (zero Adam moments, step 0
+    of this schedule). Default: OpenOneRec-RL's values for large models; the CPU examples set small-model values.
+    `distributed_optimizer`, `overlap_grad_reduce`, `overlap_param_gather`, `nonfinite_policy` must equal `optim`'s
+    (the DDP wrappers are built from them)."""
+    ppo_mini_batch_size: int = 0
+    """Prompts (groups, never split) per optimizer step, as verl's ppo_mini_batch_size; 0 = all the step's
+    prompts (one optimizer step per epoch). The step's rollout budget does not depend on it."""
+    ppo_epochs: int = 1
+    """Passes over the step's batch (verl ppo_epochs); optimizer steps per RL step = epochs x mini-batches."""
+    ppo_shuffle: bool = True
+    """Shuffle the groups into mini-batches every epoch with a seed derived from (seed, step, epoch);
+    false takes them in order (verl's `shuffle: false`)."""
+    recompute_old_logprobs: Literal["auto", "always", "never"] = "auto"
+    """Replace the rollout log-probs by the actor's forward-only log-probs before the first optimizer step
+    (so the PPO ratio starts at exactly 1). `auto`: when there is more than one optimizer step per batch or
+    the rollout engine runs at another precision than the actor (SGLang dtype vs model.params_dtype)."""
+    reference_offload: bool = False
+    """GPU: keep the KL reference policy's weights in pinned host memory between uses (signal.kl.use_kl)."""
 
     def validate(self) -> None:
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.ppo_mini_batch_size < 0 or self.ppo_epochs < 1:
+            raise ValueError(f"ppo_mini_batch_size must be >= 0 and ppo_epochs >= 1, got {self.ppo_mini_batch_size}, {self.ppo_epochs}")
         if self.prompts_per_step < 1:
             raise ValueError(f"prompts_per_step must be >= 1, got {self.prompts_per_step}")
         if self.eval_every < 0:

@@ -51,11 +51,16 @@ def check_reward_inputs(item_ids: torch.Tensor, targets: list[list[int]], item_t
 
 
 def padded_targets(targets: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids [B, K], valid [B, K]) with K the largest target-set size; padding ids are 0 and invalid."""
-    k = max(len(t) for t in targets)
+    """(ids [B, K], valid [B, K]) with K the largest target-set size (1 when B = 0); padding ids are 0 and invalid."""
+    lengths = torch.tensor([len(t) for t in targets], dtype=torch.int64)
+    k = max(1, int(lengths.max())) if len(targets) else 1
+    valid = torch.arange(k)[None, :] < lengths[:, None]
     ids = torch.zeros(len(targets), k, dtype=torch.int64)
-    valid = torch.zeros(len(targets), k, dtype=torch.bool)
-    for b, tset in enumerate(targets):
-        ids[b, : len(tset)] = torch.tensor(tset, dtype=torch.int64)
-        valid[b, : len(tset)] = True
+    ids[valid] = torch.tensor([x for t in targets for x in t], dtype=torch.int64)
     return ids, valid
+
+
+def target_hits(item_ids: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
+    """[B, G] bool: candidate item in its prompt's target set (item_ids [B, G]); a full hit."""
+    ids, valid = padded_targets(targets)
+    return ((item_ids.unsqueeze(-1) == ids.unsqueeze(1)) & valid.unsqueeze(1)).any(-1)

@@ -6,9 +6,10 @@ micro-batches must never split a group, so every pair lies inside one micro-batc
 (``group_partition`` gives such splits, ``select`` checks it).
 
 The policy loss named by ``loss_name`` (see ``recast_mcore.signal.losses``) reads the fields it needs:
-``ppo_clip`` uses ``old_logprobs``, ``advantages``, ``weights``, ``token_mask`` (+ ``ref_logprobs`` for KL);
+``ppo_clip`` uses ``old_logprobs``, ``advantages``, ``weights``, ``token_mask``, ``roles`` (GT_NLL rows);
 ``pairwise_contrast`` uses ``pairs``, ``pair_weights``, ``token_mask``, ``weights``, ``roles``
-(+ ``old_logprobs`` for its optional ratio clipping).
+(+ ``old_logprobs`` for its optional ratio clipping). Both add the KL term when ``kl`` is set
+(it needs ``ref_logprobs``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class Role(IntEnum):
     """A repaired positive: the ground-truth target item, teacher-forced, not sampled."""
     PAD = 4
     """Padding row added by ``pad_to``: zero weight, no tokens count, in no pair."""
+    GT_NLL = 5
+    """A ground-truth target, teacher-forced, trained by NLL instead of the PPO surrogate (``grpo_gt`` control)."""
 
 
 @dataclass
@@ -67,6 +70,8 @@ class UpdateBatch:
     """Registered policy loss the actor applies (``recast_mcore.signal.losses.LOSSES``)."""
     loss_params: Any
     """The loss's typed params (``PpoLossConfig`` or ``ContrastLossConfig`` from ``config/signal.py``)."""
+    kl: Any = None
+    """``KlConfig`` of the KL-to-reference term (set by ``build_update_batch`` when ``signal.kl.use_kl``), or None."""
     stats: SignalStats = field(default_factory=SignalStats)
     """Statistics of the step's signal (computed on the whole batch before any ``select``)."""
     ref_logprobs: torch.Tensor | None = None

@@ -6,7 +6,8 @@ std: ``unbiased`` = torch.std (Bessel-corrected, as verl's ``compute_grpo_outcom
 ``biased`` = population std, ``none`` = no division (Dr. GRPO). A zero-variance group
 (all-zero or all-positive) gets A = 0 on every candidate: no gradient.
 The batch has N = B * G rows (group-major), each with its advantage broadcast to every token by
-the ``ppo_clip`` loss (clip 0.2 / 0.28, optional k3 KL), token-mean aggregation.
+the shared ``ppo_clip`` loss (``signal.ppo``: clip 0.2 / 0.28, dual clip 3; ``signal.kl``: optional k3 KL),
+token-mean aggregation.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import torch
 
 from recast_mcore.config.signal import GrpoConfig
+from recast_mcore.rewards.registry import target_hits
+from recast_mcore.signal.anchors import ground_truth_rows
 from recast_mcore.signal.batch import Role, UpdateBatch
 from recast_mcore.signal.inputs import SignalInputs
 from recast_mcore.signal.registry import register_builder
@@ -56,7 +59,7 @@ def build_grpo(inputs: SignalInputs, cfg: GrpoConfig) -> UpdateBatch:
         pairs=torch.zeros(0, 2, dtype=torch.int64),
         pair_weights=torch.zeros(0),
         loss_name="ppo_clip",
-        loss_params=cfg.loss,
+        loss_params=None,  # the shared signal.ppo, attached by build_update_batch
         rewards=rewards.reshape(n),
     )
     batch.stats = grpo_stats(inputs, adv, cfg)
@@ -72,3 +75,55 @@ def grpo_stats(inputs: SignalInputs, adv: torch.Tensor, cfg: GrpoConfig) -> Sign
     stats.update_width = float(g) if b else 0.0
     stats.frac_zero_signal = frac((adv == 0).all(dim=1))
     return stats
+
+
+@register_builder("grpo_gt")
+def build_grpo_gt(inputs: SignalInputs, cfg: GrpoConfig) -> UpdateBatch:
+    """GRPO+GT control: the ``grpo`` batch plus, for every group with no full hit (no candidate is a target
+    item: the groups ReCast repairs), one GT_NLL row = its ground-truth target teacher-forced
+    (``gt_target`` as ReCast's ``anchor_target``), weight ``gt_nll_coef``. ``ppo_clip`` trains that row by
+    its token NLL ``-lp_t`` in the same token-mean as the PPO term. Isolates ReCast's contrast from its
+    injection of the ground truth. Rows of a group stay contiguous: [G sampled rows, GT row]."""
+    base = build_grpo(inputs, cfg)
+    groups = inputs.groups
+    b, g, t = groups.responses.shape
+    missing = (~target_hits(groups.item_ids, groups.targets).any(dim=1)).nonzero().flatten()
+    gt_resp, gt_lp = ground_truth_rows(inputs, missing, cfg.gt_target)
+    a = missing.numel()
+    # sampled row (b, j) -> b * (G + 1) + j; the GT row of group b goes to b * (G + 1) + G (dropped if absent)
+    width = g + 1
+    keep = torch.ones(b, width, dtype=torch.bool)
+    keep[:, g] = False
+    keep[missing, g] = True
+    flat = keep.reshape(-1)
+
+    def place(sampled: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros((b, width, *sampled.shape[1:]), dtype=sampled.dtype)
+        out[:, :g] = sampled.reshape(b, g, *sampled.shape[1:])
+        out[missing, g] = gt
+        return out.reshape(b * width, *sampled.shape[1:])[flat]
+
+    group = torch.arange(b).repeat_interleave(width)[flat]
+    batch = UpdateBatch(
+        prompt_ids=[groups.prompt_ids[i] for i in group.tolist()],
+        responses=place(base.responses, gt_resp),
+        old_logprobs=place(base.old_logprobs, gt_lp),
+        advantages=place(base.advantages, torch.zeros(a)),
+        weights=place(base.weights, torch.full((a,), cfg.gt_nll_coef)),
+        roles=place(base.roles, torch.full((a,), int(Role.GT_NLL))),
+        group_index=group,
+        token_mask=torch.ones(int(flat.sum()), t, dtype=torch.bool),
+        pairs=base.pairs,
+        pair_weights=base.pair_weights,
+        loss_name="ppo_clip",
+        loss_params=None,
+        rewards=place(base.rewards, torch.ones(a)),
+    )
+    batch.stats = base.stats
+    batch.stats.num_sequences = batch.num_sequences
+    batch.stats.update_width = batch.num_sequences / b if b else 0.0
+    batch.stats.frac_repaired = a / b if b else 0.0
+    no_gt = torch.ones(b, dtype=torch.bool)
+    no_gt[missing] = False
+    batch.stats.frac_zero_signal = frac((base.advantages.view(b, g) == 0).all(dim=1) & no_gt)
+    return batch

@@ -46,21 +46,45 @@ def _params(batch: UpdateBatch, cls: type) -> object:
     return batch.loss_params
 
 
+def k3_kl(token_logprobs: torch.Tensor, ref_logprobs: torch.Tensor | None, clamp: float) -> torch.Tensor:
+    """[n, T] low-variance k3 estimate of KL(pi || pi_ref) per token (verl ``low_var_kl``):
+    ``d = clamp(ref - lp, -20, 20)``, ``k3 = clamp(exp(d) - d - 1, -clamp, clamp)`` (>= 0; 0 iff lp == ref)."""
+    if ref_logprobs is None:
+        raise ValueError("the KL term (signal.kl.use_kl) needs batch.ref_logprobs (reference-policy log-probs)")
+    d = torch.clamp(ref_logprobs.to(token_logprobs.dtype) - token_logprobs, -20.0, 20.0)
+    return torch.clamp(torch.exp(d) - d - 1.0, -clamp, clamp)
+
+
+def _add_kl(per_token: torch.Tensor, token_logprobs: torch.Tensor, batch: UpdateBatch,
+            mask: torch.Tensor, metrics: dict[str, torch.Tensor]) -> torch.Tensor:
+    """per_token + coef * k3 when ``batch.kl`` is set (metric ``kl_ref_sum`` = sum of masked k3)."""
+    if batch.kl is None or not batch.kl.use_kl:
+        return per_token
+    k3 = k3_kl(token_logprobs, batch.ref_logprobs, batch.kl.clamp)
+    metrics["kl_ref_sum"] = (k3 * mask).sum().detach()
+    return per_token + batch.kl.coef * k3
+
+
 @register_loss("ppo_clip")
 def ppo_clip_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> LossOutput:
-    """PPO clipped surrogate with token-mean aggregation (verl ``compute_policy_loss`` vanilla).
+    """PPO clipped surrogate with token-mean aggregation (verl ``compute_policy_loss`` vanilla) + k3 KL.
 
     Shapes: lp, old, ref, mask [n, T]; A, w [n] broadcast over T.
         rho_t   = exp(clamp(lp_t - old_t, -20, 20))
         l1_t    = -A rho_t;   l2_t = -A clip(rho_t, 1 - clip_low, 1 + clip_high)
         pg_t    = max(l1_t, l2_t);  if A < 0 and dual_clip_c: pg_t = min(pg_t, -A dual_clip_c)
-        d_t     = clamp(ref_t - lp_t, -20, 20);  k3_t = clamp(exp(d_t) - d_t - 1, -kl_clamp, kl_clamp)  (use_kl only)
-        loss_sum = sum_{n,t} mask w (pg_t + kl_coef k3_t);    denom = sum_{n,t} mask
+        GT_NLL rows (grpo_gt): pg_t = -lp_t  (teacher-forced NLL of the ground truth)
+        loss_sum = sum_{n,t} mask w (pg_t + kl.coef k3_t)   (k3: ``k3_kl``, only when ``batch.kl``);
+        denom = sum_{n,t} mask
+    Metrics (sums over counted tokens of PPO rows): clip fraction (upper / dual), ratio, approx KL to old
+    ``-(lp - old)``; ``gt_nll_sum`` over GT_NLL rows.
     """
     p: PpoLossConfig = _params(batch, PpoLossConfig)  # type: ignore[assignment]
     mask = batch.token_mask.to(token_logprobs.dtype)
+    nll_row = (batch.roles == Role.GT_NLL)[:, None]
+    ppo_mask = mask * (~nll_row).to(mask.dtype)
     adv = batch.advantages.to(token_logprobs.dtype)[:, None]
-    log_ratio = torch.clamp(token_logprobs - batch.old_logprobs, -20.0, 20.0)
+    log_ratio = torch.clamp(token_logprobs - batch.old_logprobs.to(token_logprobs.dtype), -20.0, 20.0)
     ratio = torch.exp(log_ratio)
     unclipped = -adv * ratio
     clipped = -adv * torch.clamp(ratio, 1.0 - p.clip_low, 1.0 + p.clip_high)
@@ -69,22 +93,18 @@ def ppo_clip_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> LossOutpu
     if p.dual_clip_c is not None:
         lower_clipped = ((adv < 0) & (pg > -adv * p.dual_clip_c)).to(mask.dtype)
         pg = torch.where(adv < 0, torch.minimum(pg, -adv * p.dual_clip_c), pg)
-    per_token = pg
+    per_token = torch.where(nll_row, -token_logprobs, pg)
     weight = mask * batch.weights.to(token_logprobs.dtype)[:, None]
     metrics = {
-        "pg_loss_sum": (pg * weight).sum().detach(),
-        "clipfrac_sum": ((clipped > unclipped).to(mask.dtype) * mask).sum().detach(),
-        "clipfrac_lower_sum": (lower_clipped * mask).sum().detach(),
-        "ratio_sum": (ratio * mask).sum().detach(),
-        "approx_kl_old_sum": (-log_ratio * mask).sum().detach(),
+        "pg_loss_sum": (pg * weight * ppo_mask).sum().detach(),
+        "clipfrac_sum": ((clipped > unclipped).to(mask.dtype) * ppo_mask).sum().detach(),
+        "clipfrac_lower_sum": (lower_clipped * ppo_mask).sum().detach(),
+        "ratio_sum": (ratio * ppo_mask).sum().detach(),
+        "approx_kl_old_sum": (-log_ratio * ppo_mask).sum().detach(),
     }
-    if p.use_kl:
-        if batch.ref_logprobs is None:
-            raise ValueError("ppo_clip with use_kl=True needs batch.ref_logprobs (reference-policy log-probs)")
-        kl = torch.clamp(batch.ref_logprobs - token_logprobs, -20.0, 20.0)
-        k3 = torch.clamp(torch.exp(kl) - kl - 1.0, -p.kl_clamp, p.kl_clamp)
-        per_token = per_token + p.kl_coef * k3
-        metrics["kl_ref_sum"] = (k3 * mask).sum().detach()
+    # always present (0 without GT rows): every micro-batch and DP rank must report the same metric keys
+    metrics["gt_nll_sum"] = (-token_logprobs * weight * (mask - ppo_mask)).sum().detach()
+    per_token = _add_kl(per_token, token_logprobs, batch, mask, metrics)
     loss_sum = (per_token * weight).sum()
     return loss_sum, mask.sum(), metrics
 
@@ -111,7 +131,10 @@ def pairwise_contrast_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> 
         d_p     = beta (s_{i+} - s_{i-})
         l_p     = softplus(margin - d_p) = -log sigmoid(d_p - margin)      (form="logsigmoid")
                   max(0, margin - d_p)                                      (form="hinge")
-        loss_sum = sum_p v_p l_p + anchor_nll_coef sum_{i: role=ANCHOR} w_i (-s_i);   denom = P
+        loss_sum = sum_p v_p l_p + anchor_nll_coef sum_{i: role=ANCHOR} w_i (-s_i)
+                   + kl.coef sum_{i,t} mask w_i k3_{i,t}      (only when ``batch.kl``; k3: ``k3_kl``)
+        denom   = P                              (normalize="pairs")
+                  sum_{i,t} mask                 (normalize="tokens": token-mean, as ppo_clip)
     """
     p: ContrastLossConfig = _params(batch, ContrastLossConfig)  # type: ignore[assignment]
     s = sequence_scores(token_logprobs, batch.token_mask, p.score)
@@ -142,5 +165,11 @@ def pairwise_contrast_loss(token_logprobs: torch.Tensor, batch: UpdateBatch) -> 
         nll = (batch.weights.to(s.dtype)[anchor] * -s[anchor]).sum()
         loss_sum = loss_sum + p.anchor_nll_coef * nll
         metrics["anchor_nll_sum"] = nll.detach()
-    denom = torch.tensor(float(batch.num_pairs), dtype=s.dtype, device=s.device)
+    mask = batch.token_mask.to(token_logprobs.dtype)
+    kl_part = _add_kl(torch.zeros_like(token_logprobs), token_logprobs, batch, mask, metrics)
+    loss_sum = loss_sum + (kl_part * mask * batch.weights.to(s.dtype)[:, None]).sum()
+    if p.normalize == "tokens":
+        denom = mask.sum()
+    else:
+        denom = torch.tensor(float(batch.num_pairs), dtype=s.dtype, device=s.device)
     return loss_sum, denom, metrics

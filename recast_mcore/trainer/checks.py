@@ -9,10 +9,10 @@ import json
 import os
 from pathlib import Path
 
-from recast_mcore.config.actor import ModelConfig, ParallelConfig
+from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
 from recast_mcore.config.base import to_dict
+from recast_mcore.config.train import DDP_FIXED_OPTIM_FIELDS
 from recast_mcore.config.rollout import RolloutConfig
-from recast_mcore.config.signal import SignalConfig
 from recast_mcore.data.dataset import REQUIRED_FILES
 
 
@@ -147,10 +147,18 @@ def check_sequence_fits(max_history: int, item_len: int, max_seq_len: int) -> No
         )
 
 
-def check_signal_supported(signal_cfg: SignalConfig) -> None:
-    """recast-train keeps no reference policy, so a KL term (which needs ref_logprobs) cannot run."""
-    if signal_cfg.builder == "grpo" and signal_cfg.grpo.loss.use_kl:
+def check_rl_optimizer(rl_optim: OptimConfig, optim: OptimConfig) -> None:
+    """The RL optimizer reuses the actor's DDP wrappers, built from some of ``optim``'s fields."""
+    differ = [f"rl.optim.{k}={getattr(rl_optim, k)} differs from optim.{k}={getattr(optim, k)}"
+              for k in DDP_FIXED_OPTIM_FIELDS if getattr(rl_optim, k) != getattr(optim, k)]
+    if differ:
+        raise SetupError("; ".join(differ) + ": the RL optimizer reuses the actor's DDP wrappers, set both to the same value")
+
+
+def check_more_sft(rl_mode: str, rl_init_checkpoint: str) -> None:
+    """``rl.mode=more_sft`` continues SFT (its data position and optimizer): a weights-only init cannot."""
+    if rl_mode == "more_sft" and rl_init_checkpoint:
         raise SetupError(
-            "signal.grpo.loss.use_kl=true needs reference-policy log-probs, but recast-train keeps no reference "
-            "model; set signal.grpo.loss.use_kl=false"
+            "rl.mode=more_sft continues the SFT stage (its optimizer and data position), but rl.init_checkpoint loads "
+            "weights only: use checkpoint.load_dir=<the SFT checkpoint> instead (or run SFT in this run)"
         )

@@ -25,7 +25,8 @@ from recast_mcore.trainer.checks import (
     check_rollout_layout,
     check_rollout_servers,
     check_sequence_fits,
-    check_signal_supported,
+    check_more_sft,
+    check_rl_optimizer,
     check_stage_inits,
     world_size_from_env,
 )
@@ -47,6 +48,8 @@ class Job:
     engine: RolloutEngine | None
     logger: MetricLogger
     state: TrainerState
+    start: StartPoint
+    """Where the run started (the checkpoint a mid-RL resume reloads its reference policy from)."""
 
     def close(self) -> None:
         self.logger.close()
@@ -74,7 +77,8 @@ def preflight_data(cfg: RunConfig) -> PreparedDataset:
 def preflight(cfg: RunConfig) -> tuple[PreparedDataset, StartPoint]:
     """All checks that need no process group; returns the dataset and where the run starts."""
     check_stage_inits(cfg.sft.enabled, cfg.rl.init_checkpoint)
-    check_signal_supported(cfg.signal)
+    check_rl_optimizer(cfg.rl.optim, cfg.optim)
+    check_more_sft(cfg.rl.mode, cfg.rl.init_checkpoint)
     dataset = preflight_data(cfg)
     start = select_start(cfg)
     if start.path is not None:
@@ -108,4 +112,4 @@ def build_job(cfg: RunConfig) -> Job:
     barrier()
     state = restore_state(start, cfg, actor, logger)
     engine = build_engine(cfg.rollout, cfg.model, dataset.vocab, actor, state.policy_version, run_dir / "rollout")
-    return Job(cfg=cfg, run_dir=run_dir, dataset=dataset, actor=actor, engine=engine, logger=logger, state=state)
+    return Job(cfg=cfg, run_dir=run_dir, dataset=dataset, actor=actor, engine=engine, logger=logger, state=state, start=start)

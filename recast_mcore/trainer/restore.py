@@ -57,6 +57,8 @@ def select_start(cfg: RunConfig) -> StartPoint:
 def restore_state(start: StartPoint, cfg: RunConfig, actor: Any, logger: MetricLogger) -> TrainerState:
     """Load what ``start`` names into the actor (collective) and return the trainer state to continue from."""
     if start.kind in ("resume", "continue"):
+        if actor.saved_trainer_state(start.path).get("rl_optimizer"):  # its optimizer state is the RL optimizer's
+            actor.use_optimizer(cfg.rl.optim)
         state = TrainerState.from_dict(actor.load(start.path))
         if start.kind == "resume":
             logger.truncate_after(*state.position)

@@ -1,7 +1,11 @@
 """The RL stage. ``run_rl`` is the whole loop, top to bottom:
 
+    [start: fresh RL optimizer, frozen reference policy]
     sample prompts -> roll out groups (rank 0) -> reward -> build the UpdateBatch (signal builder)
-    -> broadcast -> actor.update (every rank) -> sync weights -> log -> evaluate / save on schedule
+    -> broadcast -> update_policy (every rank: old/reference log-probs, PPO mini-batches x epochs)
+    -> sync weights -> log -> evaluate / save on schedule
+
+``rl.mode: more_sft`` replaces each step's rollout + update by one more SFT step (the control arm).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import time
 from recast_mcore.trainer.collective import Step0, follow
 from recast_mcore.trainer.data_feed import EpochSampler
 from recast_mcore.trainer.hooks import draw_plots, due, evaluate_and_log, save_checkpoint
+from recast_mcore.trainer.rl_update import more_sft_step, sft_feed, start_rl_stage, update_policy
 from recast_mcore.trainer.rollout_step import build_step_batch
 from recast_mcore.trainer.weights import push_weights, reseed_engine
 from recast_mcore.utils.dist import is_rank0
@@ -21,16 +26,22 @@ def run_rl(job) -> None:
     cfg, st = job.cfg.rl, job.state
     if st.stage != "rl":
         return
+    start_rl_stage(job)
     prompts = EpochSampler(job.dataset.examples("train"), cfg.prompts_per_step, job.cfg.seed, "rl_epoch")
+    feed = sft_feed(job) if cfg.mode == "more_sft" else None
     job.logger.start_bar("rl", cfg.steps, st.rl_step)
     while cfg.enabled and st.rl_step < cfg.steps:
         step = st.rl_step + 1
         seed_everything(derive_seed(job.cfg.seed, "rl", step))
-        start = time.perf_counter()
-        batch, rollout = collect_update_batch(job, prompts, step)
-        rollout["rollout_time_s"] = time.perf_counter() - start
-        actor_metrics, actor_time = update_actor(job.actor, batch)
-        if batch.num_sequences:  # the weights changed: serve them as the next policy version
+        if feed is not None:
+            actor_metrics, actor_time = more_sft_step(job, feed, step)
+            batch, rollout = None, {"rollouts": 0.0, "rollout_time_s": 0.0}
+        else:
+            start = time.perf_counter()
+            batch, rollout = collect_update_batch(job, prompts, step)
+            rollout["rollout_time_s"] = time.perf_counter() - start
+            actor_metrics, actor_time = update_policy(job, batch, step)
+        if actor_metrics:  # the weights changed: serve them as the next policy version
             st.policy_version += 1
             push_weights(job.engine, job.cfg.rollout, job.actor, job.cfg.model, job.dataset.vocab.vocab_size, st.policy_version)
         st.rl_step, st.rollout_budget = step, st.rollout_budget + int(rollout["rollouts"])
@@ -60,29 +71,23 @@ def collect_update_batch(job, prompts: EpochSampler, step: int):
     return lead.finish(result)
 
 
-def update_actor(actor, batch) -> tuple[dict[str, float], float]:
-    """actor.update on every rank; an empty batch (no group had a usable signal) skips the update."""
-    if batch.num_sequences == 0:
-        return {}, 0.0
-    start = time.perf_counter()
-    metrics = actor.update(batch)
-    return metrics, time.perf_counter() - start
-
-
 def log_rl_step(job, step, rollout, batch, actor_metrics, actor_time) -> None:
     if not is_rank0():
         return
     figures = {
         **rollout,
-        "update_width": batch.stats.update_width,
-        "update_sequences": float(batch.num_sequences),
         "actor_time_s": actor_time,
         "policy_version": float(job.state.policy_version),
-        **batch.stats.to_metrics("signal/"),
         **{f"actor/{k}": v for k, v in actor_metrics.items()},
     }
+    if batch is not None:
+        figures.update({"update_width": batch.stats.update_width, "update_sequences": float(batch.num_sequences),
+                        **batch.stats.to_metrics("signal/")})
     figures["step_time_s"] = figures["rollout_time_s"] + actor_time
     if due(step, job.cfg.rl.log_every, job.cfg.rl.steps):
         job.logger.log("rl", step, job.state.rollout_budget, figures)
+    if batch is None:
+        job.logger.update_bar({"loss": actor_metrics.get("loss", float("nan")), "budget": job.state.rollout_budget})
+        return
     job.logger.update_bar({"reward": rollout["reward_mean"], "hit": rollout["hit_rate"],
                            "width": batch.stats.update_width, "budget": job.state.rollout_budget})

@@ -19,7 +19,7 @@ from recast_mcore.config.rollout import RolloutConfig, SamplingConfig
 from recast_mcore.config.signal import RewardConfig, SignalConfig
 from recast_mcore.data.tokens import ItemVocab
 from recast_mcore.rewards import compute_rewards
-from recast_mcore.rewards.registry import padded_targets
+from recast_mcore.rewards.registry import target_hits
 from recast_mcore.rollout.modes import roll_out
 from recast_mcore.rollout.types import RolloutGroups
 from recast_mcore.signal import SignalInputs, UpdateBatch, build_update_batch, fill_with_varied_groups
@@ -57,12 +57,6 @@ class RolloutTally:
             "all_zero_group_frac": self.all_zero_groups / max(self.groups, 1),
             "sampling_rounds": float(self.rounds),
         }
-
-
-def target_hits(item_ids: torch.Tensor, targets: list[list[int]]) -> torch.Tensor:
-    """[B, G] bool: candidate item in its prompt's target set (item_ids [B, G])."""
-    ids, valid = padded_targets(targets)
-    return ((item_ids.unsqueeze(-1) == ids.unsqueeze(1)) & valid.unsqueeze(1)).any(-1)
 
 
 def _generate(engine: Any, vocab: ItemVocab, examples: list, sampling: RolloutConfig | SamplingConfig,

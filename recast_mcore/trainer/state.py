@@ -29,6 +29,9 @@ class TrainerState:
     """Weight version last pushed to the rollout engine (incremented per actor update)."""
     sft_evaluated: bool = False
     """Whether the end-of-SFT evaluation was logged."""
+    rl_optimizer: bool = False
+    """Whether the actor runs the RL stage's own optimizer (``rl.optim``, fresh at RL start); a resumed run
+    switches to it before loading the checkpoint's optimizer state."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

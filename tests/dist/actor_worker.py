@@ -51,6 +51,9 @@ def _measure(actor, vocab) -> dict:
     """logprobs, SFT grads, GRPO grads, contrast grads, weights after one GRPO step (full dicts on rank 0)."""
     prompts, responses, grpo, contrast = _inputs(vocab)
     out = {"logprobs": actor.logprobs(prompts, responses)}
+    reference = actor.build_reference()  # local shards of the current (initial) weights, no gather
+    out["ref_logprobs"] = reference.logprobs(prompts, responses)
+    out["ref_minus_actor"] = float((out["ref_logprobs"] - out["logprobs"]).abs().max())
     grpo.old_logprobs = actor.logprobs(grpo.prompt_ids, grpo.responses) - 0.05
     grads = actor.full_grads if not actor.optim_cfg.distributed_optimizer else (lambda: None)  # DO: grads are DP shards
     out["sft_sums"] = actor.forward_backward_sft(prompts, responses)
@@ -61,6 +64,14 @@ def _measure(actor, vocab) -> dict:
     out["contrast_grads"] = grads()
     out["grpo_metrics"] = actor.update(grpo)
     out["weights_after_step"] = actor.full_state_dict()
+    # the RL stage's own optimizer: fresh moments and schedule over the same DDP buffers
+    sft_optim = actor.optim_cfg
+    actor.use_optimizer(optim_cfg(lr=1e-3, weight_decay=0.1, distributed_optimizer=sft_optim.distributed_optimizer))
+    actor.update(grpo)
+    out["weights_after_rl_step"] = actor.full_state_dict()
+    out["ref_after_updates"] = float((reference.logprobs(prompts, responses) - out["ref_logprobs"]).abs().max())
+    actor.reference = None
+    actor.use_optimizer(sft_optim)  # later flows (SFT run, checkpoints) start from a fresh optimizer as before
     return out
 
 
@@ -83,10 +94,16 @@ def run_ref(out: Path) -> None:
             z = logits[len(p) + t - 1]
             ref[i, t] = z[r[t]] - torch.logsumexp(z[allowed], 0)
     trie_diff = float((lp - ref).abs().max())
+    # old log-probs recomputed by the actor: the PPO ratio of the first optimizer step is 1, nothing clips
+    recomputed = grpo_batch(vocab, groups=3, group_size=4, seed=21)
+    recomputed.old_logprobs = actor.logprobs(recomputed.prompt_ids, recomputed.responses)
+    first = actor.update(recomputed)
     # a short SFT run lowers the loss
     sft_prompts, sft_responses, _ = prompts_and_items(vocab, 16, seed=13)
     losses = [actor.sft_step(sft_prompts, sft_responses)["loss"] for _ in range(15)]
-    (out / "ref.json").write_text(json.dumps({"trie_logprob_max_diff": trie_diff, "sft_losses": losses}))
+    (out / "ref.json").write_text(json.dumps({"trie_logprob_max_diff": trie_diff, "sft_losses": losses,
+                                              "first_step_ratio_mean": first["ratio_mean"],
+                                              "first_step_clipfrac": first["clipfrac_mean"]}))
 
 
 def run_layout(name: str, out: Path) -> None:
@@ -129,7 +146,9 @@ def compare_layout(actor, vocab, name: str, out: Path) -> None:
     if dist.get_rank() == 0:
         ref = torch.load(out / "ref.pt", weights_only=False)
         result["logprobs"] = float((got["logprobs"] - ref["logprobs"]).abs().max())
-        for key in ("sft_grads", "grpo_grads", "contrast_grads", "weights_after_step"):
+        result["ref_logprobs"] = float((got["ref_logprobs"] - ref["ref_logprobs"]).abs().max())
+        result["ref_minus_actor"], result["ref_after_updates"] = got["ref_minus_actor"], got["ref_after_updates"]
+        for key in ("sft_grads", "grpo_grads", "contrast_grads", "weights_after_step", "weights_after_rl_step"):
             if got[key] is not None:
                 result[key], result[key + "_worst"] = _max_diff(got[key], ref[key])
         for key in ("sft_sums", "grpo_sums", "contrast_sums"):

@@ -6,6 +6,7 @@
     python tests/dist/gpu_worker.py fp8_recipes OUT   # one FP8 step each with the tensorwise and delayed recipes
     python tests/dist/gpu_worker.py te_layouts OUT    # bf16 TE: THD packing (cu_seqlens) vs padded rows; selective
                                                       # recompute (layernorm, mlp) vs none
+    python tests/dist/gpu_worker.py reference_offload OUT  # KL reference kept in pinned host memory between uses
 
 Every number is measured; tests/test_actor_gpu.py holds the thresholds. Results: OUT/gpu_<mode>.json.
 """
@@ -99,6 +100,27 @@ def te_layouts(vocab, trie, prompts, responses) -> dict:
     }
 
 
+def reference_offload(vocab, trie, prompts, responses) -> dict:
+    """bf16 actor: the KL reference with offload lives in pinned host memory between uses and gives the same
+    log-probs as a reference kept on the device."""
+    actor = _actor(vocab, trie, params_dtype="bf16")
+    kept = actor.build_reference(offload=False).logprobs(prompts, responses)
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    actor.reference = None
+    torch.cuda.empty_cache()
+    ref = actor.build_reference(offload=True)
+    params = ref.parameters()
+    result = {
+        "offloaded_on_host": all(p.device.type == "cpu" and p.is_pinned() for p in params),
+        "device_bytes_saved": before - torch.cuda.memory_allocated(),
+        "param_bytes": sum(p.numel() * p.element_size() for p in params),
+    }
+    result["logprob_max_diff"] = float((ref.logprobs(prompts, responses) - kept).abs().max())
+    result["back_on_host"] = all(p.device.type == "cpu" for p in ref.parameters())
+    return result
+
+
 def main() -> None:
     from recast_mcore.actor import destroy_distributed, initialize_distributed
     from recast_mcore.actor.parallel import resolve_backend
@@ -119,6 +141,8 @@ def main() -> None:
         result.update(fp8_recipes(vocab, trie, prompts, responses))
     elif mode == "te_layouts":
         result.update(te_layouts(vocab, trie, prompts, responses))
+    elif mode == "reference_offload":
+        result.update(reference_offload(vocab, trie, prompts, responses))
     else:
         raise SystemExit(f"unknown mode {mode}")
     out.mkdir(parents=True, exist_ok=True)
