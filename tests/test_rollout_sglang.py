@@ -271,3 +271,7 @@ def test_router_in_front_of_the_server_is_refused_because_it_drops_the_trie_para
                             work_dir=str(tmp_path / "w"), initial_version=engine.policy_version)
     groups = engine.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=2))
     _check_groups_against_reference(setup, groups, 2)
+
+
+if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "actor-worker":
+    _actor_worker(sys.argv[2])
