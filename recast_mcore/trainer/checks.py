@@ -136,13 +136,13 @@ def check_stage_inits(sft_enabled: bool, rl_init_checkpoint: str) -> None:
         )
 
 
-def check_sequence_fits(max_history: int, item_len: int, max_seq_len: int) -> None:
-    """The longest prompt (<bos> + max_history items) plus a response (item + <eos>) fits the model."""
-    longest = 1 + max_history * item_len + item_len + 1
+def check_sequence_fits(longest_prompt: int, item_len: int, max_seq_len: int) -> None:
+    """The longest prompt (a max_history history) plus a response (item + <eos>) fits the model."""
+    longest = longest_prompt + item_len + 1
     if longest > max_seq_len:
         raise SetupError(
             f"model.max_seq_len={max_seq_len} is shorter than the longest sequence {longest} "
-            f"(1 + max_history {max_history} x item_len {item_len} + item_len + 1): raise model.max_seq_len "
+            f"(prompt of a full history {longest_prompt} + item_len {item_len} + 1): raise model.max_seq_len "
             f"or prepare the data with a smaller data.max_history"
         )
 
