@@ -76,7 +76,7 @@ def plan_vocab(hf_dir: str | Path, vocab: ItemVocab, hf_config: dict, *, special
     if base > rows:
         raise ValueError(f"{hf_dir}: the tokenizer has {base} tokens but the embedding only {rows} rows")
     known = tokenizer.get_vocab()
-    clash = [s for s in vocab.with_layout(ITEM_ONLY).appended_tokens[len(ITEM_ONLY.added_specials):] if s in known]
+    clash = [s for s in vocab.appended_tokens if s in known and s not in ITEM_ONLY.added_specials]
     if clash:
         raise ValueError(f"{hf_dir}: the tokenizer already has item-like tokens {clash[:5]}: cannot append the item vocabulary")
     missing = [s for s in specials if s not in known]

@@ -88,8 +88,10 @@ class TextPrompt:
         self._check(tokenizer, cfg, vocab)
 
     def __call__(self, items: torch.Tensor) -> list[int]:
-        """items [H, L] int64 -> prompt ids: prefix, then per item (separator,) before + item + after, suffix."""
+        """items [H, L] int64 (H >= 1) -> prompt ids: prefix, then per item (separator,) before + item + after, suffix."""
         h = items.shape[0]
+        if h == 0:
+            raise ValueError("a text prompt needs at least one history item")
         blocks = torch.cat([self.separator.expand(h, -1), self.before.expand(h, -1), items, self.after.expand(h, -1)], 1)
         history = blocks.reshape(-1)[self.separator.numel():]  # no separator before the first item
         return torch.cat([self.prefix, history, self.suffix]).tolist()
@@ -97,7 +99,7 @@ class TextPrompt:
     def _check(self, tokenizer, cfg: PromptConfig, vocab: ItemVocab) -> None:
         """The assembled ids equal the tokenizer's ids of the whole text on probe histories, else raise."""
         n = vocab.num_items
-        for history in ([], [0], [0, n - 1], [n - 1, n // 2, 0]):
+        for history in ([0], [0, n - 1], [n - 1, n // 2, 0]):
             text = render_text(tokenizer, cfg, cfg.item_separator.join(
                 cfg.item_format.replace("{item}", vocab.item_string(i)) for i in history))
             want = tokenizer(text, add_special_tokens=False)["input_ids"]
