@@ -5,7 +5,7 @@
   template that honours ``enable_thinking=False``, tied embeddings, and an embedding padded beyond the
   tokenizer (like Qwen3's 151,669 tokens in 151,936 rows).
 - ``llama``: Llama-3-style specials (``<|begin_of_text|>`` bos, ``<|eot_id|>`` eos, no pad), a header-style chat
-  template that writes the bos, untied embeddings, as many rows as tokens.
+  template that writes the bos, untied embeddings, as many rows as tokens, Llama-3.1 RoPE scaling (factor 8).
 """
 
 from __future__ import annotations
@@ -62,14 +62,16 @@ def make_hf_model(out_dir: str | Path, kind: str, *, layers: int = 2, seed: int 
     tok = make_tokenizer(kind)
     rows = len(tok) + (24 if extra_rows is None and kind == "qwen" else extra_rows or 0)
     common = dict(vocab_size=rows, hidden_size=64, intermediate_size=96, num_hidden_layers=layers, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-6,
+                  num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
                   initializer_range=0.1, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                   bos_token_id=tok.bos_token_id, torch_dtype="float32")
     torch.manual_seed(seed)
     if kind == "qwen":
-        model = Qwen3ForCausalLM(Qwen3Config(rope_theta=1000000.0, tie_word_embeddings=True, **common))
+        model = Qwen3ForCausalLM(Qwen3Config(rope_theta=1000000.0, tie_word_embeddings=True, max_position_embeddings=512, **common))
     else:
-        model = LlamaForCausalLM(LlamaConfig(rope_theta=500000.0, tie_word_embeddings=False, **common))
+        rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
+        model = LlamaForCausalLM(LlamaConfig(rope_parameters=rope, tie_word_embeddings=False, max_position_embeddings=131072, **common))
     with torch.no_grad():  # non-trivial norms, so a swapped norm mapping would show
         for name, p in model.named_parameters():
             if "norm" in name:

@@ -167,12 +167,13 @@ def test_sglang_serves_the_export_with_its_tokenizer_and_matches_actor_and_trans
     probe = torch.load(root / "qwen" / "probe.pt", weights_only=False)
     summary, prompts, actor_lp = probe["summary"], probe["prompts"], probe["logprobs"]  # actor_lp [P, items, T]
     catalog = ItemCatalog(probe["responses"][:, :-1], summary["vocab_size"], summary["eos_id"])
-    cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(tmp_path / "logs"), request_timeout_s=120)
+    cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(tmp_path / "logs"), request_timeout_s=120,
+                             skip_tokenizer_init=False)  # the server loads the exported tokenizer
     engine = SGLangRolloutEngine(cfg, WeightSyncConfig(method="disk"), catalog, str(export), work_dir=str(tmp_path / "work"))
     try:
-        g = 6
+        g = 4
         groups = engine.generate(prompts, [[0]] * len(prompts), SamplingConfig(group_size=g))
-        beams = engine.beam_search(prompts[:2], beam_width=catalog.num_items)
+        beams = engine.beam_search(prompts[:1], beam_width=catalog.num_items)
         text = load_tokenizer(export).decode(prompts[0])
         served = engine.pool.clients[0].generate({"text": text, "sampling_params": {"max_new_tokens": 1}})[0]
     finally:
@@ -184,7 +185,7 @@ def test_sglang_serves_the_export_with_its_tokenizer_and_matches_actor_and_trans
     err_hf = float((groups.token_logprobs.reshape(ref.shape) - ref).abs().max())
     print(f"max |SGLang - actor| {err_actor:.2e}, |SGLang - transformers| {err_hf:.2e}")
     assert err_actor < 1e-4 and err_hf < 1e-4
-    exact = actor_lp[:2].sum(-1).sort(dim=1, descending=True)
+    exact = actor_lp[:1].sum(-1).sort(dim=1, descending=True)
     assert torch.equal(beams.item_ids, exact.indices)
     assert float((beams.scores - exact.values).abs().max()) < 1e-4
     assert served["meta_info"]["prompt_tokens"] == len(prompts[0])  # SGLang's own tokenizer gives the same prompt

@@ -189,7 +189,13 @@ def test_hf_config_features_we_cannot_import_are_named():
             "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "rope_theta": 1e6, "tie_word_embeddings": True}
     cfg = model_config_from_hf(base, max_seq_len=256, params_dtype="bf16")
     assert (cfg.qk_layernorm, cfg.kv_channels, cfg.rotary_base, cfg.tie_embeddings) == (True, 16, 1000000, True)
+    llama3 = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 8192, "rope_theta": 500000.0}
+    llama = model_config_from_hf({**base, "model_type": "llama", "rope_theta": None, "rope_parameters": llama3},
+                                 max_seq_len=256, params_dtype="bf16")
+    assert (llama.qk_layernorm, llama.rotary_base, llama.rope_scaling_factor) == (False, 500000, 32.0)
     for bad, match in (({"model_type": "qwen2"}, "model_type='qwen2'"), ({"attention_bias": True}, "attention_bias"),
-                       ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope scaling type 'llama3'")):
+                       ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope scaling type 'yarn'"),
+                       ({"rope_scaling": {**llama3, "high_freq_factor": 2.0}}, "high_freq_factor=4.0")):
         with pytest.raises(ValueError, match=match):
             model_config_from_hf({**base, **bad}, max_seq_len=256, params_dtype="bf16")

@@ -227,6 +227,8 @@ def build_model_chunks(
             share_embeddings_and_output_weights=model_cfg.tie_embeddings,
             position_embedding_type="rope",
             rotary_base=model_cfg.rotary_base,
+            rope_scaling=model_cfg.rope_scaling_factor > 0,
+            rope_scaling_factor=model_cfg.rope_scaling_factor or 8.0,
             vp_stage=vp,
         )
         if torch.cuda.is_available():

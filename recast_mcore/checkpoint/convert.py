@@ -28,7 +28,7 @@ from recast_mcore.data.tokens import ItemVocab
 from recast_mcore.data.trie import ItemTrie
 
 _SHAPE = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups", "head_dim",
-          "qk_layernorm", "tie_embeddings", "rotary_base")
+          "qk_layernorm", "tie_embeddings", "rotary_base", "rope_scaling_factor")
 
 
 @dataclass(kw_only=True)

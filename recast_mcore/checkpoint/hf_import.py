@@ -91,14 +91,24 @@ def read_hf_config(hf_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _rope_theta(cfg: dict) -> float:
-    params = cfg.get("rope_parameters") or {}
-    theta = cfg.get("rope_theta", params.get("rope_theta", 10000.0))
-    scaling = cfg.get("rope_scaling") or {}
-    kind = scaling.get("rope_type", scaling.get("type", params.get("rope_type", "default")))
-    if kind not in (None, "default"):
-        raise ValueError(f"config.json rope scaling type {kind!r} is not supported (default RoPE only)")
-    return float(theta)
+LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+"""The Llama-3.x RoPE scaling Megatron implements (only ``factor`` varies)."""
+
+
+def _rope(cfg: dict) -> tuple[float, float]:
+    """(rope theta, Llama-3 scaling factor or 0) of a config.json (transformers 4 or 5 layout)."""
+    params = dict(cfg.get("rope_parameters") or {})
+    params.update(cfg.get("rope_scaling") or {})
+    theta = float(cfg.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    kind = params.get("rope_type", params.get("type", "default"))
+    if kind in (None, "default"):
+        return theta, 0.0
+    if kind != "llama3":
+        raise ValueError(f"config.json rope scaling type {kind!r} is not supported (default RoPE or Llama-3 'llama3')")
+    for key, want in LLAMA3_ROPE.items():
+        if float(params.get(key, -1)) != want:
+            raise ValueError(f"config.json llama3 rope scaling needs {key}={want} (Megatron's), got {params.get(key)}")
+    return theta, float(params["factor"])
 
 
 def model_config_from_hf(cfg: dict, *, max_seq_len: int, params_dtype: str) -> ModelConfig:
@@ -112,7 +122,7 @@ def model_config_from_hf(cfg: dict, *, max_seq_len: int, params_dtype: str) -> M
         if got != want:
             raise ValueError(f"config.json {key}={got!r} is not supported (needs {want!r})")
     heads = int(cfg["num_attention_heads"])
-    theta = _rope_theta(cfg)
+    theta, rope_factor = _rope(cfg)
     if theta != int(theta):
         raise ValueError(f"config.json rope_theta={theta} is not an integer (model.rotary_base is one)")
     model_cfg = ModelConfig(
@@ -125,6 +135,7 @@ def model_config_from_hf(cfg: dict, *, max_seq_len: int, params_dtype: str) -> M
         qk_layernorm=kind == "qwen3",
         tie_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         rotary_base=int(theta),
+        rope_scaling_factor=rope_factor,
         norm_epsilon=float(cfg.get("rms_norm_eps", 1e-6)),
         max_seq_len=min(max_seq_len, int(cfg.get("max_position_embeddings", max_seq_len))),
         init_method_std=float(cfg.get("initializer_range", 0.02)),

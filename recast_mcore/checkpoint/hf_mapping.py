@@ -190,6 +190,11 @@ def hf_config_dict(
         "torch_dtype": torch_dtype,
         "dtype": torch_dtype,
     }
+    if model_cfg.rope_scaling_factor > 0:  # Llama 3.x (the low/high factors and context Megatron implements)
+        scaling = {"rope_type": "llama3", "factor": model_cfg.rope_scaling_factor, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        cfg["rope_scaling"] = scaling
+        cfg["rope_parameters"] = {**scaling, "rope_theta": float(model_cfg.rotary_base)}
     if arch == "LlamaForCausalLM":
         cfg["mlp_bias"] = False
     else:
