@@ -86,7 +86,8 @@ def check_checkpoint_matches(checkpoint_dir: str | Path, model_cfg: ModelConfig,
     if not meta_path.is_file():
         raise SetupError(f"{path} is not a complete actor checkpoint (no {ACTOR_META}); was it written by recast-train?")
     meta = json.loads(meta_path.read_text())
-    saved = {k: v for k, v in {**to_dict(ModelConfig()), **meta["model"]}.items() if k not in _NUMERICS_ONLY}  # fields newer than the checkpoint: defaults
+    stored = {**to_dict(ModelConfig()), **meta["model"]}  # fields newer than the checkpoint: their defaults
+    saved = {k: v for k, v in stored.items() if k not in _NUMERICS_ONLY}
     wanted = {k: v for k, v in to_dict(model_cfg).items() if k not in _NUMERICS_ONLY}
     diffs = [
         f"model.{k}: checkpoint {saved.get(k)!r} vs config {wanted.get(k)!r}"
