@@ -69,11 +69,11 @@ def run(tool: str, json_path: str, tool_args: list[str]) -> None:
 
     rank = int(os.environ.get("RANK", "0"))
     sys.argv = [tool, *tool_args]
-    with memory.PeakRss() as peak:
+    with memory.PeakRss(interval_s=0.02, keep_trace=True) as peak:
         runpy.run_path(tool, run_name="__main__")
     path = Path(json_path)
     record = {"rank": rank, "peak_rss_mib": peak.peak / 2**20, "peak_anon_mib": peak.anon_peak / 2**20, "tool": tool,
-              "args": tool_args}
+              "args": tool_args, "trace_s_rss_anon_mib": [(round(t, 2), r >> 20, a >> 20) for t, r, a in peak.trace[::5]]}
     path.with_name(f"{path.stem}.rank{rank}{path.suffix}").write_text(json.dumps(record))
     print(f"rank {rank}: peak RSS {record['peak_rss_mib']:.0f} MiB, anonymous {record['peak_anon_mib']:.0f} MiB")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import psutil
 
@@ -13,8 +14,10 @@ class PeakRss:
     pages: what the process allocated, without the page cache of memory-mapped files such as safetensors).
     Sampled every ``interval_s`` by a background thread (a spike shorter than the interval can be missed)."""
 
-    def __init__(self, interval_s: float = 0.005):
+    def __init__(self, interval_s: float = 0.005, keep_trace: bool = False):
         self.interval_s = interval_s
+        self.trace: list[tuple[float, int, int]] | None = [] if keep_trace else None
+        """(seconds since entry, RSS, anonymous RSS) of every sample when ``keep_trace``."""
         self._proc = psutil.Process()
         self.before = self.peak = self.anon_before = self.anon_peak = 0
         self._stop = threading.Event()
@@ -24,6 +27,8 @@ class PeakRss:
         info = self._proc.memory_info()
         self.peak = max(self.peak, info.rss)
         self.anon_peak = max(self.anon_peak, info.rss - info.shared)
+        if self.trace is not None:
+            self.trace.append((time.perf_counter() - self._t0, info.rss, info.rss - info.shared))
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -31,6 +36,7 @@ class PeakRss:
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> "PeakRss":
+        self._t0 = time.perf_counter()
         info = self._proc.memory_info()
         self.before = self.peak = info.rss
         self.anon_before = self.anon_peak = info.rss - info.shared
