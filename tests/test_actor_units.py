@@ -76,18 +76,28 @@ def test_pack_rows_right_pads_and_points_at_predicting_logits():
         pack_rows([[1, 6, 7, 8]], torch.tensor([[10, 2]]), seq_len=5, pad_id=0)
 
 
-def test_constrained_logprobs_renormalize_over_allowed_set():
-    from recast_mcore.actor.forward_backward import constrained_logprobs
+def test_mask_logits_keeps_real_allowed_ids_of_this_vocab_shard():
+    """The vocab-parallel losses see -inf outside [0, V) and outside the allowed set, on any shard."""
+    from recast_mcore.actor.forward_backward import check_allowed, mask_logits
 
-    z = torch.randn(2, 3, 7)
-    allowed = torch.zeros(2, 3, 7, dtype=torch.bool)
+    z = torch.randn(2, 3, 8)  # a full padded vocabulary Vp = 8 with V = 6
+    allowed = torch.zeros(2, 3, 6, dtype=torch.bool)
     allowed[..., 1:4] = True
-    y = torch.tensor([[1, 2, 3], [3, 3, 1]])
-    lp = constrained_logprobs(z, y, allowed)
-    ref = torch.log_softmax(z[..., 1:4], -1).gather(2, (y - 1)[..., None]).squeeze(-1)
+    allowed[1, 2, 5] = True
+    y = torch.tensor([[1, 2, 3], [3, 3, 5]])
+    full = mask_logits(z, 0, 6, allowed)
+    lp = torch.log_softmax(full, -1).gather(2, y[..., None]).squeeze(-1)
+    want = z[..., 1:4].clone()
+    ref = torch.log_softmax(want, -1).gather(2, (y.clamp(max=3) - 1)[..., None]).squeeze(-1)
+    ref[1, 2] = z[1, 2, 5] - torch.logsumexp(torch.cat([z[1, 2, 1:4], z[1, 2, 5:6]]), 0)
     torch.testing.assert_close(lp, ref)
+    # two TP shards of width 4 reproduce the full mask; the unconstrained mask drops only ids >= V
+    shards = torch.cat([mask_logits(z[..., :4], 0, 6, allowed), mask_logits(z[..., 4:], 4, 6, allowed)], -1)
+    assert torch.equal(shards, full)
+    assert torch.isinf(mask_logits(z, 0, 6)[..., 6:]).all() and torch.isfinite(mask_logits(z, 0, 6)[..., :6]).all()
+    check_allowed(y, allowed)
     with pytest.raises(ValueError, match="not allowed by the item trie"):
-        constrained_logprobs(z, torch.tensor([[0, 2, 3], [3, 3, 1]]), allowed)
+        check_allowed(torch.tensor([[0, 2, 3], [3, 3, 1]]), allowed)
 
 
 def test_fp8_and_te_requests_fail_clearly_on_cpu():

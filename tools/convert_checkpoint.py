@@ -1,12 +1,18 @@
 """Convert between actor dist checkpoints and Hugging Face model dirs (Llama / Qwen3 layout).
 
-    # actor checkpoint -> HF dir loadable by transformers / SGLang (vocabulary from a prepared dataset)
-    python tools/convert_checkpoint.py to-hf --checkpoint runs/x/checkpoints --dataset data/prepared --out hf_model
-    # HF dir -> actor checkpoint (model weights only; fresh optimizer), at any TP/PP under torchrun
-    python tools/convert_checkpoint.py from-hf --hf hf_model --model examples/models/tiny-cpu.yaml --out ckpt/init
+    # a pretrained HF Qwen3 / Llama dir -> actor checkpoint with the dataset's item tokens appended to its
+    # vocabulary (run under torchrun for TP/PP; every rank streams only its own slices)
+    python tools/convert_checkpoint.py from-hf --hf Qwen3-0.6B --dataset data/prepared --out runs/import/qwen3-0.6b
+    #   -> OUT/weights (actor checkpoint, weights only: sft.init_checkpoint), OUT/hf_tokenizer (the expanded
+    #      tokenizer: data.prompt.tokenizer_dir), OUT/model.yaml (the model: section), OUT/import.json (figures)
+    # actor checkpoint -> HF dir loadable by transformers / SGLang
+    python tools/convert_checkpoint.py to-hf --checkpoint runs/x/checkpoints --dataset data/prepared \\
+        --tokenizer runs/import/qwen3-0.6b/hf_tokenizer --out hf_model
 
-``--checkpoint`` may be a checkpoint dir or a root with a ``latest`` pointer. The model shape comes
-from the checkpoint's actor_meta.json (to-hf) or from --model (from-hf, checked against config.json).
+``--checkpoint`` may be a checkpoint dir or a root with a ``latest`` pointer. The model shape comes from the
+checkpoint's actor_meta.json (to-hf) or from the HF config.json (from-hf; ``--model`` must agree with it).
+Vocabulary rules (appended tokens, new-row initialization): checkpoint/hf_vocab.py, checkpoint/hf_import.py,
+docs/checkpoints.md. An item-only model (a to-hf export of a from-scratch run) imports without expansion.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from recast_mcore.checkpoint.hf_mapping import export_hf_dir, hf_config_dict, hf_to_mcore, mcore_to_hf
 from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
 from recast_mcore.config.base import from_dict, load_config
 
@@ -25,63 +30,64 @@ from recast_mcore.config.base import from_dict, load_config
 def _dataset_vocab(dataset_dir: str):
     from recast_mcore.data.dataset import PreparedDataset
 
-    ds = PreparedDataset.load(dataset_dir)
-    return ds.vocab, ds.trie
+    return PreparedDataset.load(dataset_dir).vocab
+
+
+def _model_vocab(dataset_dir: str, tokenizer_dir: str):
+    """The dataset's items in the checkpoint's vocabulary (expanded when a tokenizer dir is given)."""
+    from recast_mcore.config.data import PromptConfig
+    from recast_mcore.data.prompts import model_vocab
+
+    vocab = _dataset_vocab(dataset_dir)
+    return model_vocab(vocab, PromptConfig(format="text", tokenizer_dir=tokenizer_dir)) if tokenizer_dir else vocab
 
 
 def to_hf(args: argparse.Namespace) -> None:
     from recast_mcore.actor import MegatronActor, destroy_distributed, initialize_distributed
     from recast_mcore.actor.checkpointing import META, resolve
+    from recast_mcore.checkpoint.convert import export_hf
+    from recast_mcore.data.trie import ItemTrie
 
     ckpt = resolve(Path(args.checkpoint))
     meta = json.loads((ckpt / META).read_text())
     model_cfg = from_dict(ModelConfig, meta["model"], source=str(ckpt / META))
-    vocab, trie = _dataset_vocab(args.dataset)
+    tokenizer = args.tokenizer or (str(ckpt.parent / "hf_tokenizer") if (ckpt.parent / "hf_tokenizer").is_dir() else "")
+    vocab = _model_vocab(args.dataset, tokenizer)
     if vocab.vocab_size != meta["vocab_size"]:
-        raise ValueError(f"dataset vocab_size {vocab.vocab_size} != checkpoint vocab_size {meta['vocab_size']}")
+        hint = "" if tokenizer else " (an imported LLM: pass --tokenizer <from-hf out>/hf_tokenizer)"
+        raise ValueError(f"vocabulary has {vocab.vocab_size} tokens != checkpoint vocab_size {meta['vocab_size']}{hint}")
     parallel_cfg = ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)
     initialize_distributed(parallel_cfg)
-    actor = MegatronActor(model_cfg, parallel_cfg, OptimConfig(), vocab.vocab_size, trie)
+    actor = MegatronActor(model_cfg, parallel_cfg, OptimConfig(), vocab.vocab_size,
+                          ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id))
     actor.load(ckpt, load_optimizer=False)
-    full = actor.full_state_dict()
-    if full is not None:
-        dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-        hf = {k: v.to(dtype) for k, v in mcore_to_hf(full, model_cfg, vocab.vocab_size).items()}
-        ids = dict(pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-        out = export_hf_dir(args.out, hf, model_cfg, vocab.token_strings, **ids)
-        print(f"wrote {out} ({len(hf)} tensors, {args.dtype})")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    out = export_hf(actor, vocab, args.out, tokenizer_dir=tokenizer or None, dtype=dtype)
+    if out is not None:
+        print(f"wrote {out} ({args.dtype}, vocab {vocab.vocab_size}{', tokenizer ' + tokenizer if tokenizer else ''})")
     destroy_distributed()
 
 
-def _check_hf_config(hf_dir: Path, model_cfg: ModelConfig, vocab_size: int) -> None:
-    got = json.loads((hf_dir / "config.json").read_text())
-    want = hf_config_dict(model_cfg, vocab_size, pad_id=0, bos_id=1, eos_id=2)
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                "head_dim", "tie_word_embeddings", "vocab_size"):
-        if key in got and got[key] != want[key]:
-            raise ValueError(f"{hf_dir}/config.json has {key}={got[key]}, --model gives {want[key]}")
-
-
 def from_hf(args: argparse.Namespace) -> None:
-    from safetensors.torch import load_file
+    from recast_mcore.actor import destroy_distributed, initialize_distributed
+    from recast_mcore.checkpoint.convert import ImportOptions, import_hf, import_model_config
+    from recast_mcore.checkpoint.hf_import import read_hf_config
 
-    from recast_mcore.actor import MegatronActor, destroy_distributed, initialize_distributed
-    from recast_mcore.actor.model import padded_vocab_size
-
-    hf_dir = Path(args.hf)
-    model_cfg = load_config(ModelConfig, args.model)
-    vocab, trie = _dataset_vocab(args.dataset)
-    _check_hf_config(hf_dir, model_cfg, vocab.vocab_size)
-    hf = {}
-    for f in sorted(hf_dir.glob("*.safetensors")):
-        hf.update(load_file(str(f)))
-    full = hf_to_mcore({k: v.float() for k, v in hf.items()}, model_cfg, padded_vocab_size(vocab.vocab_size))
+    given = load_config(ModelConfig, args.model) if args.model else None
+    model_cfg = import_model_config(read_hf_config(args.hf), given, max_seq_len=args.max_seq_len, params_dtype=args.params_dtype)
+    options = ImportOptions(new_rows=args.new_rows, new_row_noise=args.new_row_noise, seed=args.seed,
+                            special_tokens=tuple(s for s in args.special_tokens.split(",") if s), item_eos=args.item_eos)
     parallel_cfg = ParallelConfig(tensor_parallel=args.tp, pipeline_parallel=args.pp)
+    vocab = _dataset_vocab(args.dataset)
     initialize_distributed(parallel_cfg)
-    actor = MegatronActor(model_cfg, parallel_cfg, OptimConfig(), vocab.vocab_size, trie)
-    actor.load_full_state_dict(full)
-    actor.save(Path(args.out), {"source": str(hf_dir)})
-    print(f"wrote actor checkpoint {args.out}")
+    summary, _ = import_hf(args.hf, vocab, args.out, model_cfg, parallel_cfg, options)
+    mib = max(m["load_anon_added"] for m in summary["memory_per_rank"]) / 2**20
+    touched = max(m["load_added"] for m in summary["memory_per_rank"]) / 2**20
+    if summary["memory_per_rank"] and torch.distributed.get_rank() == 0:
+        print(f"imported {args.hf} ({summary['kind']}: {summary['source_rows']} checkpoint rows + "
+              f"{summary['vocab_size'] - summary['source_rows']} new, vocab {summary['vocab_size']} padded to "
+              f"{summary['padded_vocab']}) -> {args.out}; loading added at most {mib:.1f} MiB of allocated host memory per "
+              f"rank ({touched:.1f} MiB RSS with the memory-mapped checkpoint pages it read)")
     destroy_distributed()
 
 
@@ -91,11 +97,22 @@ def main() -> None:
     a = sub.add_parser("to-hf", help="actor checkpoint -> HF dir")
     a.add_argument("--checkpoint", required=True)
     a.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    b = sub.add_parser("from-hf", help="HF dir -> actor checkpoint")
-    b.add_argument("--hf", required=True)
-    b.add_argument("--model", required=True, help="ModelConfig YAML of the HF model's shape")
+    a.add_argument("--tokenizer", default="", help="expanded tokenizer of an imported LLM (<from-hf out>/hf_tokenizer; "
+                   "default: hf_tokenizer next to the checkpoint when present)")
+    b = sub.add_parser("from-hf", help="HF dir -> actor checkpoint (vocabulary expanded with the dataset's items)")
+    b.add_argument("--hf", required=True, help="Hugging Face model dir: config.json, *.safetensors, tokenizer files")
+    b.add_argument("--model", default="", help="ModelConfig YAML (optional; its shape must match config.json)")
+    b.add_argument("--max-seq-len", type=int, default=4096, help="model.max_seq_len when --model is not given")
+    b.add_argument("--params-dtype", choices=["", "fp32", "bf16"], default="",
+                   help="model.params_dtype without --model ('' = the checkpoint's: fp32 for float32, else bf16)")
+    b.add_argument("--new-rows", choices=["mean_noise", "normal"], default="mean_noise",
+                   help="init of appended rows: mean of the base rows + noise x per-dim std, or N(0, noise^2)")
+    b.add_argument("--new-row-noise", type=float, default=0.1, help="noise scale of --new-rows (0: exactly the mean)")
+    b.add_argument("--seed", type=int, default=1234, help="seed of the new rows' noise")
+    b.add_argument("--special-tokens", default="<|sid_begin|>,<|sid_end|>", help="comma-separated specials to append if missing")
+    b.add_argument("--item-eos", default="<|sid_end|>", help="token that ends every response (appended if missing)")
     for s in (a, b):
-        s.add_argument("--dataset", required=True, help="prepared dataset dir (its vocabulary and trie)")
+        s.add_argument("--dataset", required=True, help="prepared dataset dir (its item codes)")
         s.add_argument("--out", required=True)
         s.add_argument("--tp", type=int, default=1)
         s.add_argument("--pp", type=int, default=1)

@@ -22,6 +22,7 @@ from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
 from recast_mcore.actor import checkpointing
 from recast_mcore.actor.forward_backward import MicroBatch, causal_mask, run_micro_batches
+from recast_mcore.actor.import_weights import load_shards
 from recast_mcore.actor.instrument import UpdateTimer, update_metrics
 from recast_mcore.actor.microbatch import micro_batch_rows, plan_rows, plan_update, step_seq_len
 from recast_mcore.actor.model import build_model_chunks, use_transformer_engine
@@ -351,6 +352,13 @@ class MegatronActor:
         optimizer's fp32 main params."""
         load_full(self.chunks, self.model_cfg.tie_embeddings, full)
         self.optimizer.reload_model_params()
+
+    def load_shards(self, shard_of) -> int:
+        """Load every local parameter from ``shard_of(global_name, tp_rank, tp_size)`` (actor/import_weights.py,
+        e.g. a streamed Hugging Face checkpoint); refreshes the optimizer's fp32 main params. Returns the count."""
+        count = load_shards(self.chunks, shard_of)
+        self.optimizer.reload_model_params()
+        return count
 
     def logits_fn(self, tokens: torch.Tensor) -> torch.Tensor:
         """[b, s] token ids -> [b, s, V] fp32 logits (real vocabulary), no grad. World size 1 only

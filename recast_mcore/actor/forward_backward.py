@@ -8,16 +8,17 @@ schedule calls ``loss_func(output_tensor) -> (loss_sum, denom, metrics)`` (the 3
 ``denom``; ``finalize_model_grads`` scales gradients by ``1 / sum(denom)`` summed over micro-batches and
 data-parallel ranks). ``denom`` must be an integer count (tokens or pairs).
 
-Logits: the model is built with ``parallel_output=False``, so the output layer all-gathers the
-vocab-parallel logits over TP and every TP rank holds the full ``[b, S, Vp]`` logits (the backward of
-that gather keeps gradients exact). We chose gathering over a vocab-parallel masked log-softmax because
-item vocabularies are small (hundreds to a few thousand tokens); for an LLM vocabulary this costs
-``b*S*Vp`` floats per TP rank.
+Logits: the output layer runs only at the slots that predict a response token
+(``model(..., logit_rows, logit_positions)``, actor/model.py) and returns this TP rank's vocabulary shard
+``z [n, T, Vp/tp]`` (ids ``[r*Vp/tp, (r+1)*Vp/tp)`` on TP rank r). The log-softmax is vocab-parallel
+(Megatron's ``vocab_parallel_cross_entropy``: max, sum of exp and the target logit are all-reduced over
+TP), so no rank ever holds ``[b, L, V]`` logits: memory O(n*T*Vp/tp) instead of O(b*L*Vp). Ids >= V
+(padding rows) and, for the constrained losses, ids outside the trie's allowed set are masked to -inf.
 
 Three losses (``kind``):
 
 (a) ``"sft"`` - next-item cross-entropy on the response tokens, over the real vocabulary ``[0, V)``:
-    ``loss_sum = sum_{i,t} -log softmax(z_{i,t})[y_{i,t}]``, ``denom = number of response tokens``.
+    ``loss_sum = sum_{i,t} -log softmax(z_{i,t})[y_{i,t}]``, ``denom = number of response tokens`` (real rows).
 (b) ``"logprobs"`` - forward only: the CONSTRAINED token log-probs (renormalized over the item-trie's
     allowed set ``A_t = ItemTrie.response_mask(responses)[:, t]``, exactly what the rollout samples from):
     ``log pi_c(y_t) = z_{y_t} - logsumexp_{v in A_t} z_v``, returned as ``[b, T]`` (sequence log-prob
@@ -41,6 +42,7 @@ from typing import Any, Literal
 import torch
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from recast_mcore.actor.packing import PackedRows, attention_mask, packed_seq_params
 from recast_mcore.data.trie import ItemTrie
@@ -67,43 +69,56 @@ def causal_mask(seq_len: int, device: torch.device | str) -> torch.Tensor:
     return torch.triu(torch.ones(1, 1, seq_len, seq_len, dtype=torch.bool, device=device), diagonal=1)
 
 
-def response_logits(logits: torch.Tensor, rows: PackedRows, vocab_size: int) -> torch.Tensor:
-    """[b, L, Vp] model logits -> [n, T, V] fp32 logits predicting each response token of each sequence."""
-    r = rows.response_rows.to(logits.device)[:, None]
-    return logits[r, rows.response_positions.to(logits.device)][..., :vocab_size].float()
+def local_vocab_start(local_vocab: int) -> int:
+    """First vocabulary id of this TP rank's logits shard of width ``local_vocab``."""
+    return parallel_state.get_tensor_model_parallel_rank() * local_vocab
 
 
-def constrained_logprobs(z: torch.Tensor, responses: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """``z_{y_t} - logsumexp_{v in allowed_t} z_v``.  z [b, T, V] fp32, responses [b, T], allowed [b, T, V] bool -> [b, T].
+def mask_logits(z: torch.Tensor, start: int, vocab_size: int, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """z [b, T, Vl] (ids [start, start+Vl)) -> fp32 copy with -inf at ids >= vocab_size and, when ``allowed``
+    [b, T, V] bool is given, at ids it does not allow."""
+    ids = torch.arange(start, start + z.shape[-1], device=z.device)
+    keep = (ids < vocab_size).expand(z.shape)
+    if allowed is not None:
+        hi = min(start + z.shape[-1], vocab_size)
+        local = torch.zeros(z.shape, dtype=torch.bool, device=z.device)
+        if hi > start:
+            local[..., : hi - start] = allowed[..., start:hi].to(z.device)
+        keep = keep & local
+    return z.float().masked_fill(~keep, float("-inf"))
 
-    A response token outside its allowed set raises (the policy gives it probability 0).
-    """
-    y = responses.to(z.device)[..., None]
-    if not bool(torch.gather(allowed, 2, y).all()):
+
+def check_allowed(responses: torch.Tensor, allowed: torch.Tensor) -> None:
+    """Raise if a response token lies outside its allowed set (the policy would give it probability 0)."""
+    if not bool(torch.gather(allowed, 2, responses.to(allowed.device)[..., None]).all()):
         raise ValueError("a response token is not allowed by the item trie at its position")
-    masked = z.masked_fill(~allowed, float("-inf"))
-    return torch.gather(z, 2, y).squeeze(-1) - torch.logsumexp(masked, dim=-1)
 
 
-def sft_loss_sums(z: torch.Tensor, responses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unconstrained next-token CE summed over response tokens: (sum_{i,t} -log softmax(z)[y], count)."""
-    nll = torch.nn.functional.cross_entropy(z.reshape(-1, z.shape[-1]), responses.reshape(-1).to(z.device), reduction="sum")
-    return nll, torch.tensor(responses.numel(), dtype=torch.int)
+def token_logprobs(z: torch.Tensor, responses: torch.Tensor, vocab_size: int, allowed: torch.Tensor | None = None) -> torch.Tensor:
+    """``log softmax(z over the allowed ids)[y]`` [b, T] from this rank's vocab shard z [b, T, Vl] (vocab-parallel).
+
+    Constrained (``allowed`` [b, T, V]): ``z_y - logsumexp_{v in allowed} z_v`` (log pi_c of the contract);
+    unconstrained: over the real vocabulary [0, V).
+    """
+    masked = mask_logits(z, local_vocab_start(z.shape[-1]), vocab_size, allowed)
+    return -vocab_parallel_cross_entropy(masked, responses.to(z.device))
 
 
 def _loss_func(mb: MicroBatch, kind: LossKind, trie: ItemTrie, vocab_size: int, output: torch.Tensor):
-    """The last stage's loss for one micro-batch (see module doc): -> (loss_sum, denom int, metrics)."""
+    """The last stage's loss for one micro-batch (see module doc): -> (loss_sum, denom int, metrics).
+    ``output`` is this TP rank's logits shard at the response-predicting slots, [n, T, Vp/tp]."""
     rows = mb.rows
-    z = response_logits(output, rows, vocab_size)
     n_real = rows.responses.shape[0] if mb.num_real < 0 else mb.num_real
     if kind == "sft":
-        z_real = z[:n_real]
-        loss_sum, denom = sft_loss_sums(z_real, rows.responses[:n_real])
-        loss_sum = loss_sum + 0.0 * z.sum()  # padded rows stay in the graph with zero gradient
+        lp = token_logprobs(output, rows.responses, vocab_size)
+        real = (torch.arange(lp.shape[0], device=lp.device) < n_real)[:, None]
+        loss_sum = -(lp * real).sum()  # padded rows stay in the graph with zero gradient
+        denom = torch.tensor(n_real * rows.responses.shape[1], dtype=torch.int)
         out = {"loss_sum": loss_sum.detach().clone(), "denom": denom.clone(), **_slot_metrics(rows, rows.lengths[:n_real])}
         return loss_sum, denom, out
-    allowed = trie.response_mask(rows.responses).to(z.device)[..., :vocab_size]
-    lp = constrained_logprobs(z, rows.responses, allowed)
+    allowed = trie.response_mask(rows.responses).to(output.device)
+    check_allowed(rows.responses, allowed)
+    lp = token_logprobs(output, rows.responses, vocab_size, allowed)
     if kind == "logprobs":
         zero = lp.sum() * 0.0
         return zero, torch.tensor(1, dtype=torch.int), {"logprobs": lp.detach()[:n_real].cpu()}
@@ -129,10 +144,11 @@ def _forward_step(kind: LossKind, trie: ItemTrie, vocab_size: int, data_iterator
     device = next(model.parameters()).device
     rows = mb.rows
     tokens, positions = rows.tokens.to(device), rows.position_ids.to(device)
+    index = dict(logit_rows=rows.response_rows, logit_positions=rows.response_positions)
     if rows.use_cu_seqlens:
-        output = model(tokens, positions, None, packed_seq_params=packed_seq_params(rows, device))
+        output = model(tokens, positions, None, packed_seq_params=packed_seq_params(rows, device), **index)
     else:
-        output = model(tokens, positions, attention_mask(rows, device))
+        output = model(tokens, positions, attention_mask(rows, device), **index)
     return output, partial(_loss_func, mb, kind, trie, vocab_size)
 
 

@@ -12,6 +12,11 @@ megatron itself when apex is installed (gradient accumulation fusion is enabled 
 Vocabulary: the embedding is padded to ``padded_vocab_size`` (a multiple of 128, independent of TP, so
 checkpoints reshard across TP sizes); rows >= vocab_size are never valid tokens (the trie mask excludes
 them and the SFT loss ignores them).
+
+Output layer at selected positions (``PolicyModel``): the losses need logits only where a response token is
+predicted (T positions per sequence, not every slot), so ``model(..., logit_rows=[n], logit_positions=[n, T])``
+returns this TP rank's vocabulary shard of those logits, ``[n, T, Vp/tp]``, never the ``[b, L, Vp]`` tensor
+(actor/forward_backward.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
 from megatron.core.transformer import TransformerConfig
 from megatron.core.transformer.spec_utils import ModuleSpec
 
@@ -155,9 +161,52 @@ def recompute_kwargs(model_cfg: ModelConfig) -> dict:
     )
 
 
+class PolicyModel(GPTModel):
+    """GPTModel whose output layer can run at selected positions only (module doc); same parameters and
+    state dict as GPTModel, and without ``logit_positions`` the same forward."""
+
+    _logit_index: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def forward(self, input_ids, position_ids, attention_mask, *args, logit_rows: torch.Tensor | None = None,
+                logit_positions: torch.Tensor | None = None, **kwargs):
+        """``logit_rows`` [n], ``logit_positions`` [n, T] int64 (last pipeline stage): return the [n, T, Vp/tp]
+        vocab-parallel logits at slot ``logit_positions[i, t]`` of row ``logit_rows[i]``."""
+        self._logit_index = None if logit_positions is None else (logit_rows, logit_positions)
+        try:
+            return super().forward(input_ids, position_ids, attention_mask, *args, **kwargs)
+        finally:
+            self._logit_index = None
+
+    def _postprocess(self, hidden_states, **kwargs):
+        if self._logit_index is None or not self.post_process or self.mtp_process:
+            return super()._postprocess(hidden_states, **kwargs)
+        return self._logits_at(hidden_states, *self._logit_index)
+
+    def _logits_at(self, hidden: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """hidden [L(/tp with sequence parallelism), b, d] -> logits [n, T, Vp/tp] at slots ``positions`` [n, T]
+        of rows ``rows`` [n].
+
+        With sequence parallelism the hidden states are first all-gathered along the sequence (backward:
+        each rank keeps its slice); the output layer then runs on replicated [T, n, d] inputs with its
+        sequence parallelism off, so its column-parallel backward all-reduces the input gradient over TP.
+        """
+        layer = self.output_layer
+        sequence_parallel = layer.sequence_parallel
+        if sequence_parallel:
+            hidden = gather_from_sequence_parallel_region(hidden, tensor_parallel_output_grad=False)
+        picked = hidden[positions.to(hidden.device).t(), rows.to(hidden.device)[None, :]]  # [T, n, d]
+        weight = self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights else None
+        layer.sequence_parallel = False
+        try:
+            logits, _ = layer(picked, weight=weight, runtime_gather_output=False)
+        finally:
+            layer.sequence_parallel = sequence_parallel
+        return logits.transpose(0, 1)  # [n, T, Vp/tp]
+
+
 def build_model_chunks(
     model_cfg: ModelConfig, parallel_cfg: ParallelConfig, vocab_size: int, *, initialize: bool = True
-) -> tuple[list[GPTModel], TransformerConfig]:
+) -> tuple[list[PolicyModel], TransformerConfig]:
     """This rank's model chunks (one per virtual pipeline stage), on the current device, in params_dtype.
     ``initialize=False`` skips the random init (the caller copies weights in; no RNG is consumed)."""
     config = transformer_config(model_cfg, parallel_cfg)
@@ -167,17 +216,19 @@ def build_model_chunks(
     chunks = []
     for vp_stage in range(vpp):
         vp = vp_stage if vpp > 1 else None
-        chunk = GPTModel(
+        chunk = PolicyModel(
             config=config,
             transformer_layer_spec=spec,
             vocab_size=padded_vocab_size(vocab_size),
             max_sequence_length=model_cfg.max_seq_len,
             pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp),
             post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp),
-            parallel_output=False,  # logits gathered over TP: see actor/forward_backward.py
+            parallel_output=False,  # full-sequence logits (logits_fn) are gathered over TP; the losses use logit_positions
             share_embeddings_and_output_weights=model_cfg.tie_embeddings,
             position_embedding_type="rope",
             rotary_base=model_cfg.rotary_base,
+            rope_scaling=model_cfg.rope_scaling_factor > 0,
+            rope_scaling_factor=model_cfg.rope_scaling_factor or 8.0,
             vp_stage=vp,
         )
         if torch.cuda.is_available():

@@ -32,6 +32,7 @@ Megatron's embedding rows are padded to ``Vp >= V`` (see actor/model.py); the ex
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Literal
 
@@ -189,6 +190,11 @@ def hf_config_dict(
         "torch_dtype": torch_dtype,
         "dtype": torch_dtype,
     }
+    if model_cfg.rope_scaling_factor > 0:  # Llama 3.x (the low/high factors and context Megatron implements)
+        scaling = {"rope_type": "llama3", "factor": model_cfg.rope_scaling_factor, "low_freq_factor": 1.0,
+                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+        cfg["rope_scaling"] = scaling
+        cfg["rope_parameters"] = {**scaling, "rope_theta": float(model_cfg.rotary_base)}
     if arch == "LlamaForCausalLM":
         cfg["mlp_bias"] = False
     else:
@@ -236,46 +242,54 @@ def export_hf_dir(
     out_dir: str | Path,
     hf_state_dict: dict[str, torch.Tensor],
     model_cfg: ModelConfig,
-    token_strings: list[str],
+    token_strings: list[str] | None,
     *,
     pad_id: int,
     bos_id: int,
     eos_id: int,
+    tokenizer_dir: str | Path | None = None,
 ) -> Path:
     """Write a loadable HF model dir: config.json, model.safetensors, generation_config.json, tokenizer files.
 
-    The vocabulary is exactly ``token_strings`` (``vocab_size = len(token_strings)``). Files are written to a
-    temporary sibling and renamed into place, so a reader never sees a half-written directory.
+    The vocabulary is exactly ``token_strings`` (``vocab_size = len(token_strings)``, a WordLevel tokenizer);
+    or, with ``tokenizer_dir`` (a pretrained LLM's expanded tokenizer, checkpoint/hf_vocab.py), that tokenizer
+    is copied and config.json starts from the base model's (``token_strings`` and the ids are then unused).
+    Files are written to a temporary sibling and renamed into place, so a reader never sees a half-written
+    directory.
     """
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    vocab_size = len(token_strings)
     emb = hf_state_dict.get("model.embed_tokens.weight")
-    if emb is None or emb.shape[0] != vocab_size:
-        raise ValueError(
-            f"model.embed_tokens.weight has {None if emb is None else emb.shape[0]} rows, expected len(token_strings)={vocab_size}"
-        )
+    if emb is None:
+        raise ValueError("hf_state_dict has no model.embed_tokens.weight")
     dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[emb.dtype]
+    copies: list[Path] = []
+    if tokenizer_dir is not None:
+        from recast_mcore.checkpoint.hf_vocab import expanded_export_files
+
+        vocab_size, files, copies = expanded_export_files(tokenizer_dir, model_cfg, dtype)
+    else:
+        vocab_size = len(token_strings)
+        ids = dict(pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
+        files = {
+            "config.json": hf_config_dict(model_cfg, vocab_size, torch_dtype=dtype, **ids),
+            "generation_config.json": {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "do_sample": True},
+            **tokenizer_files(token_strings, **ids),
+        }
+    if emb.shape[0] != vocab_size:
+        raise ValueError(f"model.embed_tokens.weight has {emb.shape[0]} rows, the vocabulary has {vocab_size} tokens")
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if tmp.exists():
-        import shutil
-
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in hf_state_dict.items()}
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    ids = dict(pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
-    files = {
-        "config.json": hf_config_dict(model_cfg, vocab_size, torch_dtype=dtype, **ids),
-        "generation_config.json": {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "do_sample": True},
-        **tokenizer_files(token_strings, **ids),
-    }
+    for src in copies:
+        shutil.copyfile(src, tmp / src.name)
     for name, content in files.items():
         (tmp / name).write_text(json.dumps(content, indent=2))
     if out_dir.exists():
-        import shutil
-
         old = out_dir.with_name(out_dir.name + ".old")
         if old.exists():
             shutil.rmtree(old)

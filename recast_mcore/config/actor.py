@@ -35,6 +35,9 @@ class ModelConfig:
     """Share the input embedding and the output projection."""
     rotary_base: int = 10000
     """RoPE base theta."""
+    rope_scaling_factor: float = 0.0
+    """Llama-3.x RoPE scaling factor (low/high frequency factors 1 and 4, original context 8192, as in
+    Llama 3.1/3.2 and Megatron); 0 = plain RoPE."""
     norm_epsilon: float = 1e-6
     """RMSNorm epsilon."""
     max_seq_len: int = 256
@@ -79,6 +82,8 @@ class ModelConfig:
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.rope_scaling_factor < 0:
+            raise ValueError(f"rope_scaling_factor must be >= 0 (0 = none), got {self.rope_scaling_factor}")
         if self.fp8 != "none" and self.params_dtype != "bf16":
             raise ValueError(f"fp8={self.fp8} needs params_dtype=bf16 (got {self.params_dtype})")
         self._validate_recompute()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 
 @dataclass(kw_only=True)
@@ -53,6 +53,53 @@ class SemanticIdConfig:
 
 
 @dataclass(kw_only=True)
+class PromptConfig:
+    """How a user's history becomes the prompt's token ids (see data/prompts.py for the exact rendering).
+
+    ``items`` (default, models trained from scratch): ``<bos>`` + the history's item tokens.
+    ``text`` (a pretrained LLM imported with ``convert_checkpoint.py from-hf``): an instruction template
+    around the history's item tokens, rendered with the model's own Hugging Face tokenizer (and its chat
+    template), in which the item tokens are added special tokens.
+    """
+
+    format: Literal["items", "text"] = "items"
+    """items: ``<bos>`` + item tokens (item-only vocabulary); text: the template below with the HF tokenizer."""
+    tokenizer_dir: str = ""
+    """Text prompts: the expanded tokenizer directory (``<from-hf out>/hf_tokenizer`` or a ``to-hf`` export),
+    with its ``recast_vocab.json`` (where the item tokens sit)."""
+    template: str = ("The user interacted with these items, oldest first: {history}\n"
+                     "Which item will the user interact with next?")
+    """User message; ``{history}`` is replaced by the rendered history items."""
+    system: str = ""
+    """System message of the chat ('' = none)."""
+    item_format: str = "<|sid_begin|>{item}<|sid_end|>"
+    """How one history item is written; ``{item}`` is its item tokens, e.g. ``<a_12><b_7><c_201>``."""
+    item_separator: str = ", "
+    """Text between two history items."""
+    response_prefix: str = "<|sid_begin|>"
+    """Text after the generation prompt, right before the response's item tokens."""
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    """auto: use the tokenizer's chat template when it has one; on: require it; off: plain text
+    (the tokenizer's bos token, if any, then the user message)."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
+    """Extra arguments of ``apply_chat_template`` (Qwen3: ``enable_thinking: false`` writes an empty think block)."""
+
+    @property
+    def hf_tokenizer_dir(self) -> str:
+        """The expanded tokenizer served with the model (text prompts), '' for item prompts."""
+        return self.tokenizer_dir if self.format == "text" else ""
+
+    def validate(self) -> None:
+        if self.format == "text" and not self.tokenizer_dir:
+            raise ValueError("prompt.format is 'text' but prompt.tokenizer_dir is empty: point it at the "
+                             "hf_tokenizer directory written by `convert_checkpoint.py from-hf`")
+        if self.template.count("{history}") != 1:
+            raise ValueError(f"prompt.template must contain '{{history}}' exactly once, got {self.template!r}")
+        if self.item_format.count("{item}") != 1:
+            raise ValueError(f"prompt.item_format must contain '{{item}}' exactly once, got {self.item_format!r}")
+
+
+@dataclass(kw_only=True)
 class DataConfig:
     """Dataset selection, preprocessing and the prepared-data location."""
 
@@ -78,6 +125,8 @@ class DataConfig:
     """Synthetic generator settings."""
     semantic_ids: SemanticIdConfig = field(default_factory=SemanticIdConfig)
     """Semantic-ID settings."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    """Prompt format: item tokens only (default) or a text template for a pretrained LLM."""
 
     def validate(self) -> None:
         """Range checks that the types cannot express (called by the strict loader)."""

@@ -66,6 +66,9 @@ class SGLangServerConfig:
     """Prompts batched into one /generate call (a chunk; the unit of retry)."""
     log_dir: str = ""
     """Where server logs go ('' = a temporary directory, removed on close unless a server failed)."""
+    skip_tokenizer_init: bool = True
+    """Launch without the model's tokenizer (the trainer sends and reads token ids); false loads it, so the same
+    server also answers text requests (e.g. an imported LLM with its expanded tokenizer)."""
     use_router: bool = False
     """Send generation requests through sglang-router (launched here, in front of the servers) instead of
     spreading chunks round-robin; weight updates and health checks still go to every server directly."""

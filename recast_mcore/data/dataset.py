@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from recast_mcore.data.sequences import SplitSequences
 from recast_mcore.data.tokens import ItemVocab
 from recast_mcore.data.trie import ItemTrie
@@ -98,6 +100,13 @@ class PreparedDataset:
         sequences = [json.loads(line) for line in (root / "sequences.jsonl").read_text().splitlines() if line]
         _check_consistent(root, meta, vocab, sequences)
         return cls(root, meta, vocab, sequences)
+
+    def use_vocab(self, vocab: ItemVocab) -> None:
+        """Place the same items in another vocabulary layout (a pretrained LLM's, data/prompts.py); rebuilds the trie."""
+        if not torch.equal(vocab.codes, self.vocab.codes):
+            raise ValueError("use_vocab: the vocabulary's item codes differ from the prepared dataset's")
+        self.vocab = vocab
+        self.trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)
 
     @property
     def num_users(self) -> int:

@@ -45,7 +45,8 @@ def run_eval(cfg: RunConfig, checkpoint: str) -> dict[str, float]:
     actor = build_actor(cfg, dataset)
     state = actor.load(path, load_optimizer=False)
     engine = build_engine(cfg.rollout, cfg.model, dataset.vocab, actor, int(state.get("policy_version", 0)),
-                          Path(cfg.run_dir) / "rollout_eval")
+                          Path(cfg.run_dir) / "rollout_eval",
+                          tokenizer_dir=cfg.data.prompt.hf_tokenizer_dir)
     if engine is None:
         return {}
     try:

@@ -1,6 +1,7 @@
 """Evaluation: constrained beam search over the full catalog, scored with eval/metrics.py.
 
-For each user of the split, the prompt is ``<bos>`` + history item tokens; the engine's exact
+For each user of the split, the prompt is ``vocab.encode_prompt(history)`` (``<bos>`` + history item tokens,
+or the text template of an imported LLM, data/prompts.py); the engine's exact
 constrained beam search (beam width W = ``eval.beam_width``) returns the W best catalog items by
 sequence log-probability, best first; that ranked list is scored against the user's target set.
 """

@@ -60,9 +60,10 @@ def launch_command(cfg: SGLangServerConfig, model_path: str, port: int, weight_v
         "--max-total-tokens", str(cfg.max_total_tokens),
         "--random-seed", str(cfg.random_seed),
         "--enable-custom-logit-processor",
-        "--skip-tokenizer-init",
         "--weight-version", str(weight_version),
     ]
+    if cfg.skip_tokenizer_init:
+        cmd.append("--skip-tokenizer-init")
     if needs_cpu_bridges():
         cmd += ["--device", "cpu"]  # the overlap scheduler stays on (delayed sampling, see LaunchedServer.start)
     if cfg.mem_fraction_static > 0:

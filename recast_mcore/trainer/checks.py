@@ -86,7 +86,8 @@ def check_checkpoint_matches(checkpoint_dir: str | Path, model_cfg: ModelConfig,
     if not meta_path.is_file():
         raise SetupError(f"{path} is not a complete actor checkpoint (no {ACTOR_META}); was it written by recast-train?")
     meta = json.loads(meta_path.read_text())
-    saved = {k: v for k, v in meta["model"].items() if k not in _NUMERICS_ONLY}
+    stored = {**to_dict(ModelConfig()), **meta["model"]}  # fields newer than the checkpoint: their defaults
+    saved = {k: v for k, v in stored.items() if k not in _NUMERICS_ONLY}
     wanted = {k: v for k, v in to_dict(model_cfg).items() if k not in _NUMERICS_ONLY}
     diffs = [
         f"model.{k}: checkpoint {saved.get(k)!r} vs config {wanted.get(k)!r}"
@@ -136,13 +137,13 @@ def check_stage_inits(sft_enabled: bool, rl_init_checkpoint: str) -> None:
         )
 
 
-def check_sequence_fits(max_history: int, item_len: int, max_seq_len: int) -> None:
-    """The longest prompt (<bos> + max_history items) plus a response (item + <eos>) fits the model."""
-    longest = 1 + max_history * item_len + item_len + 1
+def check_sequence_fits(longest_prompt: int, item_len: int, max_seq_len: int) -> None:
+    """The longest prompt (a max_history history) plus a response (item + <eos>) fits the model."""
+    longest = longest_prompt + item_len + 1
     if longest > max_seq_len:
         raise SetupError(
             f"model.max_seq_len={max_seq_len} is shorter than the longest sequence {longest} "
-            f"(1 + max_history {max_history} x item_len {item_len} + item_len + 1): raise model.max_seq_len "
+            f"(prompt of a full history {longest_prompt} + item_len {item_len} + 1): raise model.max_seq_len "
             f"or prepare the data with a smaller data.max_history"
         )
 

@@ -16,6 +16,7 @@ from typing import Any
 from recast_mcore.config.base import save_config
 from recast_mcore.config.run import RunConfig
 from recast_mcore.data.dataset import PreparedDataset
+from recast_mcore.data.prompts import model_vocab
 from recast_mcore.rollout.base import RolloutEngine
 from recast_mcore.trainer.checks import (
     SetupError,
@@ -70,7 +71,12 @@ def preflight_data(cfg: RunConfig) -> PreparedDataset:
         dataset = PreparedDataset.load(cfg.data.prepared_dir)
     except (FileNotFoundError, ValueError) as exc:
         raise SetupError(f"cannot load data.prepared_dir={cfg.data.prepared_dir}: {exc}") from exc
-    check_sequence_fits(dataset.max_history, dataset.vocab.item_len, cfg.model.max_seq_len)
+    try:
+        dataset.use_vocab(model_vocab(dataset.vocab, cfg.data.prompt))
+    except (FileNotFoundError, ValueError) as exc:
+        raise SetupError(f"data.prompt (format {cfg.data.prompt.format}): {exc}") from exc
+    longest_prompt = len(dataset.vocab.encode_prompt([0] * dataset.max_history))
+    check_sequence_fits(longest_prompt, dataset.vocab.item_len, cfg.model.max_seq_len)
     return dataset
 
 
@@ -111,5 +117,6 @@ def build_job(cfg: RunConfig) -> Job:
         save_config(cfg, run_dir / "config.yaml")
     barrier()
     state = restore_state(start, cfg, actor, logger)
-    engine = build_engine(cfg.rollout, cfg.model, dataset.vocab, actor, state.policy_version, run_dir / "rollout")
+    engine = build_engine(cfg.rollout, cfg.model, dataset.vocab, actor, state.policy_version, run_dir / "rollout",
+                          tokenizer_dir=cfg.data.prompt.hf_tokenizer_dir)
     return Job(cfg=cfg, run_dir=run_dir, dataset=dataset, actor=actor, engine=engine, logger=logger, state=state, start=start)

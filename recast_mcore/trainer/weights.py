@@ -32,9 +32,13 @@ def gather_hf_weights(actor: Any, model_cfg: ModelConfig, vocab_size: int) -> di
 
 
 def build_engine(
-    rollout_cfg: RolloutConfig, model_cfg: ModelConfig, vocab: ItemVocab, actor: Any, version: int, work_dir: Path
+    rollout_cfg: RolloutConfig, model_cfg: ModelConfig, vocab: ItemVocab, actor: Any, version: int, work_dir: Path,
+    tokenizer_dir: str = "",
 ) -> RolloutEngine | None:
-    """Collective (all ranks call it); returns the engine on rank 0 and None on the other ranks."""
+    """Collective (all ranks call it); returns the engine on rank 0 and None on the other ranks.
+
+    ``tokenizer_dir``: the expanded tokenizer of an imported LLM (data.prompt.tokenizer_dir); SGLang then
+    serves the model with that tokenizer (else the item-only WordLevel tokenizer is written)."""
     catalog = ItemCatalog.from_vocab(vocab)
     if rollout_cfg.engine == "torch":
         if not is_rank0():
@@ -44,8 +48,8 @@ def build_engine(
     if not is_rank0():
         return None
     model_dir = export_hf_dir(
-        work_dir / "hf_initial", hf, model_cfg, vocab.token_strings,
-        pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id,
+        work_dir / "hf_initial", hf, model_cfg, None if tokenizer_dir else vocab.token_strings,
+        pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id, tokenizer_dir=tokenizer_dir or None,
     )
     return build_rollout_engine(rollout_cfg, EngineResources(catalog=catalog, model_dir=str(model_dir), initial_version=version))
 
