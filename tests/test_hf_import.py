@@ -86,6 +86,7 @@ def test_imported_actor_matches_transformers_on_text_item_prompts(imported, kind
     ref = constrained_logprobs(model, catalog, [p for p in probe["prompts"] for _ in range(n)],
                                probe["responses"].repeat(len(probe["prompts"]), 1))
     err = float((ref.reshape(probe["logprobs"].shape) - probe["logprobs"]).abs().max())
+    print(f"{kind}: max |logits Megatron - transformers| {worst:.2e}, constrained log-probs {err:.2e}")
     assert err <= TOL, err
     # the prompt holds text, the history's item tokens and the appended specials
     first = probe["prompts"][0]
