@@ -47,7 +47,7 @@ if __name__ == "__main__":
     for call in json.loads(sys.argv[2]):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            rc = (eval_main if call[0] == "eval" else convert_checkpoint.main)(call[1:])
+            rc = eval_main(call[1:]) if call[0] == "eval" else convert_checkpoint.main(call)
         print(json.dumps({"rc": rc, "err": err.getvalue()[-2000:]}), flush=True)
 """
 
