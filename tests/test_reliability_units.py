@@ -18,6 +18,7 @@ from recast_mcore.config.run import RunConfig
 from recast_mcore.config.train import LoggingConfig
 from recast_mcore.trainer import checkpoints as ckpt
 from recast_mcore.trainer import run_lock
+from recast_mcore.trainer import restore
 from recast_mcore.trainer.restore import archive_run, own_checkpoint
 from recast_mcore.utils.metric_log import MetricLogger, read_records
 
@@ -107,6 +108,48 @@ def test_damaged_newest_checkpoint_falls_back_or_stops(tmp_path):
     assert start.path.name == "rl_step_000002" and list(start.damaged) == [root / "rl_step_000004"]
     with pytest.raises(Exception, match=r"(?s)newest checkpoint .* is damaged \(checkpoint.on_corrupt=stop\).*rl_step_000004: .*__1_0.distcp has 3 bytes"):
         own_checkpoint(_run_cfg(tmp_path, on_corrupt="stop"))
+
+
+class FakeActor:
+    """What restore_state asks of the actor; ``bad`` checkpoints fail the (collective) sha256 verification."""
+
+    vocab_size = 10
+
+    def __init__(self, bad):
+        self.bad, self.calls = bad, []
+
+    def verify_checkpoint(self, path):
+        self.calls.append(("verify", path.name))
+        return [f"{path}/__0_0.distcp has sha256 ... (bytes changed)"] if path.name in self.bad else []
+
+    def saved_trainer_state(self, path):
+        self.calls.append(("state", path.name))
+        return {"rl_optimizer": True}
+
+    def use_optimizer(self, cfg):
+        self.calls.append(("rl_optimizer", None))
+
+    def load(self, path, verify=True):
+        self.calls.append(("load", path.name))
+        return {"stage": "rl", "rl_step": int(path.name.rsplit("_", 1)[1])}
+
+
+def test_fallback_past_a_bit_flipped_checkpoint_reports_the_checkpoint_actually_loaded(tmp_path, monkeypatch):
+    """The start point restore_state returns is the fallback (the RL stage reloads the KL reference from it)."""
+    root = tmp_path / "checkpoints"
+    for name in ("rl_step_000002", "rl_step_000004"):
+        fake_checkpoint(root, name)
+    monkeypatch.setattr(restore, "check_checkpoint_matches", lambda *a, **k: None)  # fake actor_meta.json
+    cfg = _run_cfg(tmp_path)
+    actor = FakeActor(bad={"rl_step_000004"})
+    state, start = restore.restore_state(own_checkpoint(cfg), cfg, actor, _logger(tmp_path), {})
+    assert start.kind == "resume" and start.path == root / "rl_step_000002" and state.rl_step == 2
+    assert actor.calls[-3:] == [("state", "rl_step_000002"), ("rl_optimizer", None), ("load", "rl_step_000002")]
+    assert (root / "rl_step_000004.corrupt").is_dir() and (root / "latest").read_text().strip() == "rl_step_000002"
+    cfg_stop = _run_cfg(tmp_path, on_corrupt="stop")
+    with pytest.raises(Exception, match=r"(?s)rl_step_000002 failed verification \(checkpoint.on_corrupt=stop\).*Nothing was changed"):
+        restore.restore_state(own_checkpoint(cfg_stop), cfg_stop, FakeActor(bad={"rl_step_000002"}), _logger(tmp_path), {})
+    assert (root / "rl_step_000002").is_dir()
 
 
 def test_no_complete_checkpoint_stops_instead_of_starting_over(tmp_path):
@@ -223,6 +266,8 @@ def test_tools_never_write_into_a_runs_checkpoints(tmp_path):
     ("optim.adam_beta2=1.0", "adam_beta2 must be in [0, 1)"),
     ("optim.min_lr=0.5", "min_lr (0.5) must not exceed lr"),
     ("optim.weight_decay=-1", "weight_decay must be a finite number >= 0"),
+    ("rl.optim.lr=.nan", "'rl.optim.lr' is NaN"),
+    ("rl.optim.adam_beta1=1.5", "rl.optim: adam_beta1 must be in [0, 1)"),
 ])
 def test_optimizer_settings_are_validated(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
