@@ -133,6 +133,18 @@ def test_data_settings_that_differ_from_the_prepared_dataset(tmp_path, capsys, p
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_prompt_settings_are_the_runs_own_not_the_prepared_datasets(prepared):
+    """data.prompt (how prompts are rendered, e.g. an imported LLM's text template) is never checked against the
+    dataset's config.yaml, and the run keeps it."""
+    from recast_mcore.config.data import DataConfig, PromptConfig
+    from recast_mcore.trainer.checks import check_data_matches_prepared
+
+    prompt = PromptConfig(format="text", tokenizer_dir="runs/import/x/hf_tokenizer", system="be brief")
+    given = {"prepared_dir", "kcore", "prompt.format", "prompt.tokenizer_dir", "prompt.system"}
+    data = check_data_matches_prepared(DataConfig(prepared_dir=str(prepared / "data"), kcore=3, prompt=prompt), given)
+    assert data.prompt == prompt and data.kcore == 3 and data.synthetic.num_users == 60  # the rest: as prepared
+
+
 def test_checkpoint_of_another_dataset_with_the_same_vocabulary_size(tmp_path, capsys, prepared):
     """Semantic IDs re-run with another seed: same vocab size, other item codes. Used to run to the end (Pass@1 0)."""
     import shutil

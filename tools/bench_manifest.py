@@ -3,8 +3,10 @@
     python tools/bench_manifest.py --gib 2 --files 8 --procs 1 2
 
 Writes ``--files`` shard-like files totalling ``--gib`` GiB into a temp dir (page cache warm, as right
-after a save), then hashes them with ``manifest.hash_files`` split by ``manifest.assign`` across P worker
-processes (like P ranks), for each P in ``--procs``. Prints one JSON line per P: bytes, seconds, GB/s.
+after a save), then, for each P in ``--procs``, reads them split by ``manifest.assign`` across P worker
+processes (like P ranks) twice, side by side: once only reading (what any load costs at least), once
+hashing with ``manifest.hash_files`` (what verification costs). Prints one JSON line per P: bytes, seconds,
+GB/s of both, and the ratio hash / read.
 """
 
 from __future__ import annotations
@@ -20,22 +22,40 @@ from pathlib import Path
 from recast_mcore.checkpoint import manifest
 
 
-def _hash_share(args: tuple[str, list[str]]) -> float:
+def _read_only(directory: str, names: list[str]) -> None:
+    buf = bytearray(8 << 20)
+    for name in names:
+        with open(Path(directory) / name, "rb", buffering=0) as f:
+            while f.readinto(buf):
+                pass
+
+
+def _share(args: tuple[str, str, list[str]]) -> float:
+    mode, directory, names = args
     start = time.perf_counter()
-    manifest.hash_files(args[0], args[1])
+    manifest.hash_files(directory, names) if mode == "hash" else _read_only(directory, names)
     return time.perf_counter() - start
+
+
+def _timed(mode: str, directory: Path, shares: list[list[str]]) -> tuple[float, float]:
+    start = time.perf_counter()
+    with ProcessPoolExecutor(len(shares)) as pool:
+        per_rank = list(pool.map(_share, [(mode, str(directory), share) for share in shares]))
+    return time.perf_counter() - start, max(per_rank)
 
 
 def bench(directory: Path, procs: int) -> dict:
     sizes = manifest.list_files(directory)
     shares = manifest.assign(sizes, procs, owner=lambda name: None)
-    start = time.perf_counter()
-    with ProcessPoolExecutor(procs) as pool:
-        per_rank = list(pool.map(_hash_share, [(str(directory), share) for share in shares]))
-    wall = time.perf_counter() - start
     total = sum(sizes.values())
-    return {"procs": procs, "bytes": total, "seconds": round(wall, 3), "slowest_rank_s": round(max(per_rank), 3),
-            "GB_per_s": round(total / wall / 1e9, 3), "GB_per_s_per_proc": round(total / max(per_rank) / procs / 1e9, 3)}
+    read_wall, read_slowest = _timed("read", directory, shares)
+    hash_wall, hash_slowest = _timed("hash", directory, shares)
+    return {"procs": procs, "bytes": total,
+            "read_s": round(read_wall, 3), "read_GB_per_s": round(total / read_wall / 1e9, 3),
+            "hash_s": round(hash_wall, 3), "hash_slowest_rank_s": round(hash_slowest, 3),
+            "hash_GB_per_s": round(total / hash_wall / 1e9, 3),
+            "hash_GB_per_s_per_proc": round(total / hash_slowest / procs / 1e9, 3),
+            "hash_over_read": round(hash_wall / read_wall, 2)}
 
 
 def main() -> None:
