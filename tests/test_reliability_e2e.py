@@ -152,8 +152,10 @@ def test_eval_and_conversion_verify_and_keep_out_of_runs(e2e_workdir, e2e_recast
     assert (other / "latest").read_text() == "keep-me\n"  # the tool moved no pointer
     from recast_mcore.checkpoint import manifest
 
-    assert manifest.verify(other / "init") == []
-    assert json.loads((other / "init" / "manifest.json").read_text())["dataset"]["vocab"]
+    weights = other / "init" / "weights"  # OUT/weights: the imported actor checkpoint
+    assert manifest.verify(weights) == [] and not (other / "init" / "latest").exists()
+    sealed = json.loads((weights / "manifest.json").read_text())
+    assert sealed["dataset"]["vocab"] and sealed["source"] == str(Path(hf).resolve()) and sealed["import"] == "items"
 
 
 @pytest.mark.dist
