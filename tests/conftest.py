@@ -23,3 +23,19 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def e2e_workdir(tmp_path_factory):
+    """Tiny prepared dataset shared by the end-to-end and fault-injection modules (test_trainer_e2e.py)."""
+    from test_trainer_e2e import prepare_workdir
+
+    return prepare_workdir(tmp_path_factory.mktemp("e2e"))
+
+
+@pytest.fixture(scope="session")
+def e2e_recast_run(e2e_workdir):
+    """One uninterrupted tiny ReCast run (torch engine), trained once per session; copy it before changing it."""
+    from test_trainer_e2e import train_reference_run
+
+    return train_reference_run(e2e_workdir)

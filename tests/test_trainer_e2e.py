@@ -72,15 +72,26 @@ def _env():
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
+def prepare_workdir(root: Path) -> Path:
+    """``root/data``: the tiny prepared dataset (session fixture ``e2e_workdir`` in conftest.py)."""
     data_yaml = root / "data.yaml"
     data_yaml.write_text(yaml.safe_dump({"data": TINY["data"]}))
     from recast_mcore.data.cli import main as data_main
 
     assert data_main(["prepare", "--config", str(data_yaml), "--out", str(root / "data")]) == 0
     return root
+
+
+def train_reference_run(workdir: Path) -> Path:
+    """The uninterrupted ReCast run every resume is compared with (session fixture ``e2e_recast_run``)."""
+    proc = _train(_config(workdir, "recast"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return workdir / "recast"
+
+
+@pytest.fixture(scope="module")
+def workdir(e2e_workdir):
+    return e2e_workdir
 
 
 def _config(workdir: Path, name: str, **sections) -> Path:
@@ -114,10 +125,8 @@ def _stable(records: list[dict]) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def recast_run(workdir):
-    proc = _train(_config(workdir, "recast"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return workdir / "recast"
+def recast_run(e2e_recast_run):
+    return e2e_recast_run
 
 
 def _check_run_dir(run_dir: Path, group_size: int, prompts: int) -> list[dict]:

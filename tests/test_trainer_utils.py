@@ -50,18 +50,25 @@ def test_plots_are_written(tmp_path):
     assert all((tmp_path / "plots" / name).stat().st_size > 1000 for name in written)
 
 
-def test_latest_pointer_and_prune(tmp_path):
+def test_checkpoint_scan_latest_pointer_and_prune(tmp_path):
     root = tmp_path / "checkpoints"
     root.mkdir()
-    assert ckpt.read_latest(root) is None
-    for stage, step in (("sft", 5), ("rl", 1), ("rl", 2), ("rl", 3)):
+    assert ckpt.read_latest(root) is None and ckpt.newest_first(root) == []
+    for stage, step in (("sft", 5), ("rl", 1), ("rl", 2), ("rl", 3), ("sft", 40)):
         (root / ckpt.checkpoint_name(stage, step)).mkdir()
     (root / ckpt.LATEST).write_text("rl_step_000002\n")  # as MegatronActor.save writes it
-    (root / ".rl_step_000003.tmp").mkdir()  # a save killed midway
+    (root / ".rl_step_000004.tmp").mkdir()  # a save killed midway
+    (root / "rl_step_000009.corrupt").mkdir()  # set aside on an earlier resume
     assert ckpt.read_latest(root).name == "rl_step_000002"
-    removed = {p.name for p in ckpt.prune(root, keep_last=2)}
-    assert removed == {"sft_step_000005"}
-    assert (root / "rl_step_000003").exists() and (root / ".rl_step_000003.tmp").exists()
+    # the scan orders by (stage, step), RL after SFT, and ignores temporary / set-aside directories
+    assert [p.name for p in ckpt.newest_first(root)] == ["rl_step_000003", "rl_step_000002", "rl_step_000001",
+                                                         "sft_step_000040", "sft_step_000005"]
+    removed = {p.name for p in ckpt.prune(root, keep_last=2, current=root / "rl_step_000002")}
+    assert removed == {"sft_step_000005", "sft_step_000040"}
+    assert {p.name for p in root.iterdir()} >= {"rl_step_000003", ".rl_step_000004.tmp", "rl_step_000009.corrupt"}
+    assert ckpt.quarantine(root / "rl_step_000003").name == "rl_step_000003.corrupt"
+    (root / "rl_step_000003").mkdir()
+    assert ckpt.quarantine(root / "rl_step_000003").name == "rl_step_000003.corrupt-2"
     (root / ckpt.LATEST).write_text("rl_step_000009\n")
     with pytest.raises(FileNotFoundError, match="rl_step_000009"):
         ckpt.read_latest(root)

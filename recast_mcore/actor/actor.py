@@ -375,10 +375,12 @@ class MegatronActor:
             logits = chunk(tokens.to(device), pos, causal_mask(s, device))
         return logits[..., : self.vocab_size].float()
 
-    def save(self, directory: str | Path, trainer_state: dict[str, Any]) -> Path:
-        """Atomic dist checkpoint (model, optimizer, scheduler, RNG, trainer state) at ``directory``."""
+    def save(self, directory: str | Path, trainer_state: dict[str, Any], *, info: dict[str, Any] | None = None,
+             update_latest: bool = True) -> Path:
+        """Atomic dist checkpoint (model, optimizer, scheduler, RNG, trainer state) at ``directory``, sealed by a
+        manifest (sha256 of every file + ``info``); ``update_latest`` also points ``<parent>/latest`` at it."""
         self.sync_params()
-        return checkpointing.save(self, Path(directory), trainer_state)
+        return checkpointing.save(self, Path(directory), trainer_state, info=info, update_latest=update_latest)
 
     def load_reference(self, directory: str | Path) -> Path:
         """Load the reference weights saved in a checkpoint (``build_reference`` first); returns its path."""
@@ -390,9 +392,14 @@ class MegatronActor:
         """The trainer state a checkpoint holds, read without loading anything."""
         return checkpointing.saved_trainer_state(Path(directory))
 
-    def load(self, directory: str | Path, *, load_optimizer: bool = True) -> dict[str, Any]:
-        """Load a checkpoint (``directory`` itself, or the one its ``latest`` file names); returns trainer_state."""
-        return checkpointing.load(self, Path(directory), load_optimizer=load_optimizer)
+    def load(self, directory: str | Path, *, load_optimizer: bool = True, verify: bool = True) -> dict[str, Any]:
+        """Load a checkpoint (``directory`` itself, or the one its ``latest`` file names), verified against its
+        manifest first (``CheckpointError`` naming the file) unless ``verify=False``; returns trainer_state."""
+        return checkpointing.load(self, Path(directory), load_optimizer=load_optimizer, verify_files=verify)
+
+    def verify_checkpoint(self, directory: str | Path) -> list[str]:
+        """Collective: problems of checkpoint ``directory`` against its manifest ([] = intact)."""
+        return checkpointing.verify(Path(directory))
 
 
 def _comm_device() -> torch.device:

@@ -5,14 +5,22 @@ Layout of a checkpoint directory ``D`` (e.g. ``<run>/checkpoints/rl_step_000010`
     D/                 dist_checkpointing files: model (+ optimizer) sharded tensors, common state
                        (scheduler state_dict, trainer_state, saved layout)
     D/rng/rank_<r>.pt  torch CPU (and CUDA) RNG state of global rank r (restored only at the same layout)
-    D/actor_meta.json  layout and model config, written last (a directory without it is incomplete)
+    D/actor_meta.json  layout and model config
     (reference policy) when the actor has one (RL with a KL term), its weights under keys ``reference.*``
                        in the same dist_checkpointing files; ``has_reference`` in actor_meta.json
-    <parent>/latest    text: the name of the last complete checkpoint (same format as trainer/checkpoints.py)
+    D/manifest.json    size + sha256 of every other file (the reference's shards included), model config,
+                       the caller's ``info`` (e.g. the dataset fingerprint); written last (checkpoint/manifest.py)
+    <parent>/latest    text: the name of the last complete checkpoint (same format as trainer/checkpoints.py);
+                       only written with ``update_latest=True`` (the trainer), never by tools
 
-Atomic save: everything is written to ``<parent>/.<name>.tmp``; after all ranks finished, rank 0 renames it
-to ``D`` (an existing ``D`` is moved aside first and deleted after) and rewrites ``latest`` via tmp+rename.
-A crash before the rename leaves the previous checkpoint and ``latest`` untouched.
+Atomic save: everything is written to ``<parent>/.<name>.tmp``; after all ranks finished, every rank hashes
+its share of the files (``manifest.assign``: the shards it wrote), rank 0 writes the manifest, renames the
+directory to ``D`` (an existing ``D`` is moved aside first and deleted after) and rewrites ``latest`` via
+tmp+rename. A crash before the rename leaves the previous checkpoint and ``latest`` untouched.
+
+Verification (``verify``, run by ``load`` unless ``verify=False``): rank 0 checks the manifest and the file
+sizes (stat only), then every rank re-hashes its share and the problems are gathered, so every rank gets
+the same answer and raises the same ``CheckpointError`` naming the file.
 
 Resharding: model tensors are stored by global key, so a checkpoint loads at another TP/PP size. The
 non-distributed optimizer's state reshards the same way; the DistributedOptimizer uses the
@@ -25,12 +33,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing, parallel_state
+
+from recast_mcore.checkpoint import manifest
+from recast_mcore.checkpoint.manifest import CheckpointError
+from recast_mcore.utils.dist import broadcast_object
 
 if TYPE_CHECKING:
     from recast_mcore.actor.actor import MegatronActor
@@ -70,8 +83,9 @@ def _rng_state() -> dict[str, Any]:
     return state
 
 
-def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any]) -> Path:
-    """Save (collective); see module doc."""
+def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any], *,
+         info: dict[str, Any] | None = None, update_latest: bool = True) -> Path:
+    """Save (collective); see module doc. ``info`` goes into the manifest (e.g. ``{"dataset": fingerprint}``)."""
     directory = directory.resolve()
     tmp = directory.parent / f".{directory.name}.tmp"
     if dist.get_rank() == 0:
@@ -96,21 +110,24 @@ def save(actor: "MegatronActor", directory: Path, trainer_state: dict[str, Any])
         reference.release()
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank_{dist.get_rank()}.pt")
-    dist.barrier()
     if dist.get_rank() == 0:
-        meta = {"layout": _layout(), "model": vars(actor.model_cfg), "vocab_size": actor.vocab_size,
-                "distributed_optimizer": actor.optim_cfg.distributed_optimizer, "step_count": actor.step_count,
-                "has_reference": reference is not None, "optimizer_has_state": has_state}
-        (tmp / META).write_text(json.dumps(meta, indent=2))
+        (tmp / META).write_text(json.dumps(_meta(actor, has_state), indent=2))
+    dist.barrier()
+    files, seconds = _hash_collective(tmp)
+    if dist.get_rank() == 0:
+        body = {**_meta(actor, has_state), **(info or {}), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "hashing": {"bytes": sum(e["size"] for e in files.values()), "seconds_slowest_rank": round(seconds, 3)}}
+        manifest.write_manifest(tmp, files, body)
         old = directory.parent / f".{directory.name}.old"
         if directory.exists():
             directory.rename(old)
         tmp.rename(directory)
         if old.exists():
             shutil.rmtree(old)
-        pointer = directory.parent / (LATEST + ".tmp")
-        pointer.write_text(directory.name + "\n")
-        pointer.replace(directory.parent / LATEST)
+        if update_latest:
+            pointer = directory.parent / (LATEST + ".tmp")
+            pointer.write_text(directory.name + "\n")
+            pointer.replace(directory.parent / LATEST)
     dist.barrier()
     return directory
 
@@ -119,6 +136,38 @@ def _optimizer_has_state(optimizer) -> bool:
     """False for an optimizer that never stepped (e.g. the RL optimizer right after ``use_optimizer``):
     its sharded state dict has no moments, so there is nothing to load back."""
     return any(bool(opt.optimizer.state) for opt in getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def _meta(actor: "MegatronActor", has_state: bool) -> dict[str, Any]:
+    return {"layout": _layout(), "model": vars(actor.model_cfg), "vocab_size": actor.vocab_size,
+            "distributed_optimizer": actor.optim_cfg.distributed_optimizer, "step_count": actor.step_count,
+            "has_reference": actor.reference is not None, "optimizer_has_state": has_state}
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _hash_collective(directory: Path) -> tuple[dict[str, dict[str, Any]], float]:
+    """Every rank hashes its share of the files rank 0 lists; returns all entries and the slowest rank's seconds."""
+    sizes = broadcast_object(manifest.list_files(directory) if dist.get_rank() == 0 else None)
+    start = time.perf_counter()
+    mine = manifest.hash_files(directory, manifest.assign(sizes, dist.get_world_size())[dist.get_rank()])
+    parts = _all_gather((mine, time.perf_counter() - start))
+    return {k: v for part, _ in parts for k, v in part.items()}, max(sec for _, sec in parts)
+
+
+def verify(directory: Path) -> list[str]:
+    """Collective check of a checkpoint against its manifest (module doc); [] when it is intact."""
+    problems = broadcast_object(manifest.check_structure(directory) if dist.get_rank() == 0 else None)
+    if problems:
+        return problems
+    found = broadcast_object(manifest.read_manifest(directory) if dist.get_rank() == 0 else None)
+    sizes = {name: entry["size"] for name, entry in found["files"].items()}
+    mine = manifest.verify_files(directory, manifest.assign(sizes, dist.get_world_size())[dist.get_rank()], found)
+    return sorted(p for part in _all_gather(mine) for p in part)
 
 
 def resolve(directory: Path) -> Path:
@@ -158,7 +207,9 @@ def saved_trainer_state(directory: Path) -> dict[str, Any]:
 
 
 def load_reference(actor: "MegatronActor", directory: Path) -> Path:
-    """Load the reference weights saved in a checkpoint into ``actor.reference`` (collective); returns the path."""
+    """Load the reference weights saved in a checkpoint into ``actor.reference`` (collective); returns the path.
+    Not verified here: the trainer calls it on the checkpoint it has just verified and loaded (its manifest
+    covers the reference's shards too); call ``verify`` first for any other checkpoint."""
     ckpt = resolve(directory)
     meta = json.loads((ckpt / META).read_text())
     if not meta.get("has_reference"):
@@ -172,9 +223,13 @@ def load_reference(actor: "MegatronActor", directory: Path) -> Path:
     return ckpt
 
 
-def load(actor: "MegatronActor", directory: Path, *, load_optimizer: bool) -> dict[str, Any]:
-    """Load (collective); returns the saved trainer_state. See module doc for resharding rules."""
+def load(actor: "MegatronActor", directory: Path, *, load_optimizer: bool, verify_files: bool = True) -> dict[str, Any]:
+    """Load (collective); returns the saved trainer_state. See module doc for verification and resharding."""
     ckpt = resolve(directory)
+    if verify_files:
+        problems = verify(ckpt)
+        if problems:
+            raise CheckpointError(f"checkpoint {ckpt} failed verification:\n  " + "\n  ".join(problems))
     meta = json.loads((ckpt / META).read_text())
     if meta["vocab_size"] != actor.vocab_size:
         raise ValueError(f"checkpoint {ckpt} has vocab_size {meta['vocab_size']}, actor has {actor.vocab_size}")

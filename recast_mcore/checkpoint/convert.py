@@ -48,21 +48,26 @@ class ImportOptions:
 
 
 def import_model_config(hf_config: dict, given: ModelConfig | None, *, max_seq_len: int = 4096,
-                        params_dtype: str = "") -> ModelConfig:
-    """From config.json (params dtype: ``params_dtype`` or the checkpoint's); ``given`` must agree in shape."""
+                        params_dtype: str = "", given_source: str = "model config") -> ModelConfig:
+    """From config.json (params dtype: ``params_dtype`` or the checkpoint's); ``given`` must agree in shape
+    (ValueError naming every differing key, ``given_source`` saying where ``given`` came from)."""
     dtype = params_dtype or ("fp32" if hf_config.get("torch_dtype", hf_config.get("dtype")) == "float32" else "bf16")
     derived = model_config_from_hf(hf_config, max_seq_len=max_seq_len, params_dtype=dtype)
     if given is None:
         return derived
-    for key in _SHAPE:
-        if getattr(given, key) != getattr(derived, key):
-            raise ValueError(f"config.json gives {key}={getattr(derived, key)}, the model config has {getattr(given, key)}")
+    diffs = [f"{key}: config.json {getattr(derived, key)!r} vs {given_source} {getattr(given, key)!r}"
+             for key in _SHAPE if getattr(given, key) != getattr(derived, key)]
+    if diffs:
+        raise ValueError(f"config.json does not describe the model the {given_source} gives:\n  " + "\n  ".join(diffs) +
+                         f"\nGive the ModelConfig of this model's shape (or leave it out: the shape comes from config.json).")
     return given
 
 
 def import_hf(hf_dir: str | Path, dataset_vocab: ItemVocab, out: str | Path, model_cfg: ModelConfig,
-              parallel_cfg: ParallelConfig, options: ImportOptions):
+              parallel_cfg: ParallelConfig, options: ImportOptions, *, dataset_fingerprint: dict[str, str]):
     """Collective: stream ``hf_dir`` into a new actor, expand its vocabulary, write OUT (module doc).
+    ``dataset_fingerprint`` (``PreparedDataset.fingerprint`` of the dataset ``dataset_vocab`` comes from) goes
+    into the checkpoint's manifest with the source: the trainer refuses the import with another dataset.
     Returns (the summary written to import.json, the actor holding the imported weights) on every rank."""
     import torch.distributed as dist
 
@@ -81,7 +86,9 @@ def import_hf(hf_dir: str | Path, dataset_vocab: ItemVocab, out: str | Path, mod
     with PeakRss() as load:
         count = actor.load_shards(HfShardSource(HfCheckpoint(hf_dir), model_cfg, rows))
     with PeakRss() as save:
-        actor.save(out / "weights", {"source": str(hf_dir), "import": plan.kind})  # never stepped: weights only
+        # never stepped: weights only; no `latest` pointer (OUT is not a run's checkpoints/)
+        actor.save(out / "weights", {}, info={"dataset": dataset_fingerprint, "source": str(hf_dir.resolve()),
+                                             "import": plan.kind}, update_latest=False)
     memory = [None] * dist.get_world_size()
     dist.all_gather_object(memory, {"rss_before_load": load.before, "load_peak": load.peak, "load_added": load.added,
                                     "load_anon_added": load.anon_added, "save_added": save.added,

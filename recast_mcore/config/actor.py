@@ -6,6 +6,7 @@ Qwen3 base shapes OpenOneRec uses ship as ``examples/models/qwen3-{0.6b,1.7b,8b}
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -190,6 +191,17 @@ class OptimConfig:
             )
         if self.max_consecutive_skips < 0:
             raise ValueError(f"optim.max_consecutive_skips must be >= 0, got {self.max_consecutive_skips}")
+        for name in ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        for name in ("adam_beta1", "adam_beta2"):
+            if getattr(self, name) >= 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.decay_steps < 0:
+            raise ValueError(f"warmup_steps and decay_steps must be >= 0, got {self.warmup_steps}, {self.decay_steps}")
 
 
 @dataclass(kw_only=True)
@@ -201,4 +213,7 @@ class CheckpointConfig:
     keep_last: int = 2
     """Checkpoints kept on disk (older ones deleted after a successful save)."""
     load_dir: str = ""
-    """Resume from this directory's `latest` checkpoint when set."""
+    """Continue from this directory's newest complete checkpoint when set (a checkpoint dir, a run dir or its checkpoints/)."""
+    on_corrupt: Literal["fallback", "stop"] = "fallback"
+    """Resume when the newest checkpoint fails verification (missing, truncated or changed file): fall back to
+    the previous complete one (the bad one is renamed <name>.corrupt and named in the log) or stop (exit code 2)."""

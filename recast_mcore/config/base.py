@@ -82,6 +82,8 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        if value != value:  # NaN is never a meaningful setting
+            raise ConfigError(f"{source}: '{key}' is NaN; give a number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

@@ -2,11 +2,13 @@
 
   recast-data fetch ml-100k
   recast-data prepare --dataset synthetic|ml-100k|movielens|amazon|csv [--path F] --out DIR
-                      [--config YAML] [--set key=value ...]
+                      [--config YAML] [--set key=value ...] [--force]
 
 ``--config`` is a YAML of ``DataConfig`` (or of a run config with a ``data:`` section); ``--set``
 keys are ``DataConfig`` fields (``kcore=10``, ``semantic_ids.levels=2``). ``--dataset``/``--path``
-override the file. The resolved config is written to ``DIR/config.yaml``.
+override the file. The resolved config is written to ``DIR/config.yaml``. ``DIR`` must be new or empty;
+an existing prepared dataset is replaced only with ``--force`` (data/prepare.py: atomic, temp dir + rename).
+Bad input (config, input rows, output location) exits with code 2 and a message naming the file and line.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--config", help="YAML with DataConfig fields (or a run config with a data: section)")
     prep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    prep.add_argument("--force", action="store_true", help="replace DIR when it already holds a prepared dataset")
     return parser
 
 
@@ -62,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_data_config(args.config, args.dataset, args.path, args.overrides)
         from recast_mcore.data.prepare import prepare_dataset
 
-        meta = prepare_dataset(cfg, args.out)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        meta = prepare_dataset(cfg, args.out, force=args.force)
+    except (ConfigError, ValueError, OSError, RuntimeError) as exc:
         print(f"recast-data: error: {exc}", file=sys.stderr)
         return 2
     summary = {k: meta[k] for k in ("dataset", "users", "items", "interactions", "sparsity")}

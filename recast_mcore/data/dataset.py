@@ -4,8 +4,8 @@ Files in a prepared directory (all written by ``recast-data prepare``):
   meta.json        figures: users, items, interactions, sparsity, semantic IDs, timings, baselines
   config.yaml      the resolved ``DataConfig`` that produced the directory
   vocab.json       ``ItemVocab.to_state()``: ``{"codes": [[...]], "codes_per_level": [...]}``
-  items.tsv        ``item_index <TAB> raw_item_id <TAB> semantic_id`` (header line)
-  users.tsv        ``user_index <TAB> raw_user_id`` (header line)
+  items.tsv        ``item_index <TAB> raw_item_id <TAB> semantic_id`` (header line; ids escaped, data/ids.py)
+  users.tsv        ``user_index <TAB> raw_user_id`` (header line; ids escaped, data/ids.py)
   sequences.jsonl  one JSON object per user index: ``{"user", "train", "valid", "test"}`` item indices
 
 Examples (H = max_history, the most recent H items are kept; k = target_set_size):
@@ -13,10 +13,15 @@ Examples (H = max_history, the most recent H items are kept; k = target_set_size
   valid: history = train,      targets = valid
   test:  history = train + valid, targets = test
   sft:   for every i >= 1: history = train[:i], targets = [train[i]]   (next-item SFT)
+
+``PreparedDataset.fingerprint`` identifies the data a checkpoint was trained on (checkpoint manifests
+record it): the sha256 of vocab.json (vocabulary and every item's codes), of items.tsv (item ids) and of
+users.tsv + sequences.jsonl (users and splits). Hashing costs one pass over bytes ``load`` reads anyway.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +29,7 @@ from typing import Any, Literal
 
 import torch
 
+from recast_mcore.data.ids import escape_id
 from recast_mcore.data.sequences import SplitSequences
 from recast_mcore.data.tokens import ItemVocab
 from recast_mcore.data.trie import ItemTrie
@@ -31,6 +37,8 @@ from recast_mcore.data.trie import ItemTrie
 REQUIRED_FILES = ("meta.json", "config.yaml", "vocab.json", "items.tsv", "users.tsv", "sequences.jsonl")
 Split = Literal["train", "valid", "test", "sft"]
 SPLITS = ("train", "valid", "test", "sft")
+FINGERPRINT_PARTS = {"vocab": ("vocab.json",), "items": ("items.tsv",), "splits": ("users.tsv", "sequences.jsonl")}
+"""Fingerprint part -> the files hashed into it (in this order)."""
 
 
 @dataclass
@@ -52,9 +60,9 @@ def write_prepared(
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_text(out_dir / "vocab.json", json.dumps(vocab.to_state(), separators=(",", ":")))
     items = ["item_index\traw_item_id\tsemantic_id"]
-    items += [f"{i}\t{raw}\t{vocab.item_string(i)}" for i, raw in enumerate(split.item_ids)]
+    items += [f"{i}\t{escape_id(raw)}\t{vocab.item_string(i)}" for i, raw in enumerate(split.item_ids)]
     _write_text(out_dir / "items.tsv", "\n".join(items) + "\n")
-    users = ["user_index\traw_user_id"] + [f"{u}\t{raw}" for u, raw in enumerate(split.user_ids)]
+    users = ["user_index\traw_user_id"] + [f"{u}\t{escape_id(raw)}" for u, raw in enumerate(split.user_ids)]
     _write_text(out_dir / "users.tsv", "\n".join(users) + "\n")
     lines = [
         json.dumps({"user": u, "train": tr, "valid": va, "test": te}, separators=(",", ":"))
@@ -77,8 +85,11 @@ def _write_text(path: Path, text: str) -> None:
 class PreparedDataset:
     """A prepared directory loaded into memory: ``meta``, ``vocab``, ``trie``, splits and examples."""
 
-    def __init__(self, root: Path, meta: dict[str, Any], vocab: ItemVocab, sequences: list[dict[str, list[int]]]):
+    def __init__(self, root: Path, meta: dict[str, Any], vocab: ItemVocab, sequences: list[dict[str, list[int]]],
+                 fingerprint: dict[str, str] | None = None):
         self.root = root
+        self.fingerprint = fingerprint or {}
+        """{"vocab", "items", "splits": sha256 hex, "path": where it was loaded from} (see module docstring)."""
         self.meta = meta
         self.vocab = vocab
         self.trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)
@@ -96,10 +107,11 @@ class PreparedDataset:
         if missing:
             raise FileNotFoundError(f"{root} is not a prepared dataset: missing {', '.join(missing)}")
         meta = json.loads((root / "meta.json").read_text())
-        vocab = ItemVocab.from_state(json.loads((root / "vocab.json").read_text()))
-        sequences = [json.loads(line) for line in (root / "sequences.jsonl").read_text().splitlines() if line]
+        raw = {name: (root / name).read_bytes() for name in ("vocab.json", "sequences.jsonl")}
+        vocab = ItemVocab.from_state(json.loads(raw["vocab.json"]))
+        sequences = [json.loads(line) for line in raw["sequences.jsonl"].decode().splitlines() if line]
         _check_consistent(root, meta, vocab, sequences)
-        return cls(root, meta, vocab, sequences)
+        return cls(root, meta, vocab, sequences, fingerprint(root, raw))
 
     def use_vocab(self, vocab: ItemVocab) -> None:
         """Place the same items in another vocabulary layout (a pretrained LLM's, data/prompts.py); rebuilds the trie."""
@@ -143,6 +155,21 @@ class PreparedDataset:
             for user, train in enumerate(self.train_sequences)
             for i in range(1, len(train))
         ]
+
+
+def fingerprint(root: str | Path, loaded: dict[str, bytes] | None = None) -> dict[str, str]:
+    """sha256 per ``FINGERPRINT_PARTS`` part of the prepared directory ``root`` (``loaded``: bytes already read)."""
+    root, loaded = Path(root), loaded or {}
+    out = {}
+    for part, names in FINGERPRINT_PARTS.items():
+        digest = hashlib.sha256()
+        for name in names:
+            data = loaded[name] if name in loaded else (root / name).read_bytes()
+            digest.update(len(data).to_bytes(8, "little"))
+            digest.update(data)
+        out[part] = digest.hexdigest()
+    out["path"] = str(root.resolve())
+    return out
 
 
 def _check_consistent(root: Path, meta: dict[str, Any], vocab: ItemVocab, sequences: list[dict[str, Any]]) -> None:

@@ -3,18 +3,26 @@
 Reads the source named by ``cfg.dataset``, builds the leave-k-out split (sequences.py), semantic IDs
 from training interactions or item features (semantic_ids.py), writes the files of dataset.py plus
 the resolved config, and returns ``meta`` (also in meta.json).
+
+Output safety: ``out_dir`` must be new, empty, or (with ``force``) a prepared dataset and nothing else;
+anything else is refused before any work starts. Everything is written into ``.<name>.tmp-<pid>`` beside
+``out_dir`` (created first, so an unwritable location fails at once) and renamed into place at the end, so
+a failed or killed preparation leaves the previous directory as it was.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from recast_mcore.config.base import save_config
 from recast_mcore.config.data import DataConfig
 from recast_mcore.data.baseline import count_baselines
-from recast_mcore.data.dataset import write_meta, write_prepared
+from recast_mcore.data.dataset import REQUIRED_FILES, write_meta, write_prepared
 from recast_mcore.data.fetch import fetch_ml100k
 from recast_mcore.data.readers import RawInteractions, read_interactions, read_ml100k_item_features, read_movielens
 from recast_mcore.data.semantic_ids import build_semantic_ids
@@ -37,9 +45,13 @@ def load_raw(cfg: DataConfig) -> RawInteractions:
     return read_interactions(cfg.dataset, cfg.path, skip_malformed=cfg.skip_malformed)
 
 
-def prepare_dataset(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Run the whole preparation and write ``out_dir``; returns the meta dict."""
-    out_dir = Path(out_dir)
+def prepare_dataset(cfg: DataConfig, out_dir: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """Run the whole preparation and write ``out_dir`` atomically (see module doc); returns the meta dict."""
+    with staged_output(Path(out_dir), force) as stage:
+        return _prepare_into(cfg, stage)
+
+
+def _prepare_into(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     clock = time.perf_counter()
     raw = load_raw(cfg)
@@ -73,6 +85,50 @@ def prepare_dataset(cfg: DataConfig, out_dir: str | Path) -> dict[str, Any]:
     meta["timings"] = {k: round(v, 3) for k, v in timings.items()}
     write_meta(out_dir, meta)  # again, now with the write time
     return meta
+
+
+def check_output_dir(out: Path, force: bool) -> None:
+    """Refuse an ``out`` whose contents would be lost (ValueError saying what to do)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file, not a directory; choose a directory path")
+    if not out.is_dir():
+        return
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if n not in REQUIRED_FILES]
+    if foreign or "meta.json" not in names:
+        shown = ", ".join((foreign or names)[:5])
+        raise ValueError(f"--out {out} is not empty and is not a prepared dataset (it holds {shown}); "
+                         f"choose a new or empty directory (nothing was written)")
+    if not force:
+        raise ValueError(f"--out {out} already holds a prepared dataset; pass --force to replace it (runs trained on it "
+                         f"will then refuse to resume: their checkpoints record the old dataset's fingerprint)")
+
+
+@contextmanager
+def staged_output(out: Path, force: bool):
+    """Yield an empty staging directory beside ``out``; on success it replaces ``out`` (rename), on failure it is removed."""
+    check_output_dir(out, force)
+    stage = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+    except OSError as exc:
+        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker else f"{exc.strerror}: {exc.filename}"
+        raise ValueError(f"--out {out}: cannot create it ({why}); choose a writable directory (nothing was read yet)") from None
+    try:
+        yield stage
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():  # empty, or a prepared dataset replaced with force
+            out.rename(old)
+        stage.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
 
 
 def _meta(cfg, raw, split, counts, sid_stats, vocab, baselines, timings) -> dict[str, Any]:

@@ -10,9 +10,15 @@ Formats:
     line contains a tab, else comma; a first line whose timestamp is not a number is a header).
 Files ending in ``.gz`` are read through gzip.
 
+Bytes are decoded as UTF-8 with ``surrogateescape``: an id holding bytes that are not valid UTF-8 keeps
+them (two such ids never merge); data/ids.py writes it escaped. JSON ids must be strings or integers
+(``null`` is a malformed row, never the user "None").
+
 A malformed row raises ``MalformedRowError`` naming the file and the 1-based line number, unless
 ``skip_malformed`` is set: then it is counted in ``RawInteractions.skipped_rows`` (first examples
-kept in ``skipped_examples``) and the dataset is built from the remaining rows.
+kept in ``skipped_examples``) and the dataset is built from the remaining rows. A file that cannot be
+read to its end (a truncated or non-gzip ``.gz``, an I/O error) always raises ``MalformedRowError``
+naming the file and the line it broke at: skipping the rest of a file is not a malformed row.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -59,12 +67,49 @@ class RawInteractions:
 
 
 # --------------------------------------------------------------------------- plumbing
-def _open_text(path: Path):
+class _TextFile:
+    """A text input (gzip when ``.gz``) whose read errors become ``MalformedRowError`` with file and line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines_read = 0
+        opener = gzip.open if path.suffix == ".gz" else open
+        self._file = opener(path, "rt", encoding="utf-8", errors="surrogateescape")
+
+    def __enter__(self) -> "_TextFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+    @contextmanager
+    def _read_errors(self):
+        try:
+            yield
+        except (EOFError, zlib.error, OSError) as exc:
+            if isinstance(exc, gzip.BadGzipFile):
+                why = f"it is not gzip data ({exc}); decompress it or drop the .gz suffix"
+            elif isinstance(exc, (EOFError, zlib.error)):
+                why = f"the compressed data ends or breaks here ({exc or 'unexpected end of stream'}); the file is truncated or damaged, download it again"
+            else:
+                why = f"read error: {exc}"
+            raise MalformedRowError(f"{self.path}:{self.lines_read + 1}: cannot read this line: {why}") from None
+
+    def readline(self) -> str:
+        with self._read_errors():
+            text = self._file.readline()
+        self.lines_read += bool(text)
+        return text
+
+    def __iter__(self) -> Iterator[str]:
+        while text := self.readline():
+            yield text
+
+
+def _open_text(path: Path) -> _TextFile:
     if not path.is_file():
         raise FileNotFoundError(f"input file not found: {path}")
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return path.open("r", encoding="utf-8", errors="replace")
+    return _TextFile(path)
 
 
 def _number(text: str, what: str) -> float:
@@ -77,11 +122,23 @@ def _number(text: str, what: str) -> float:
     return value
 
 
-def _require_id(text: str, what: str) -> str:
-    text = text.strip()
+def _require_id(value: object, what: str) -> str:
+    """A raw id: a non-empty string (stripped) or an integer; null and other JSON types are errors."""
+    if value is None:
+        raise ValueError(f"{what} is null")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{what} must be a string or an integer, got {type(value).__name__} {value!r}")
+    text = str(value).strip()
     if not text:
         raise ValueError(f"empty {what}")
     return text
+
+
+def _json_number(record: dict, key: str) -> float:
+    value = record[key]
+    if value is None or isinstance(value, bool):
+        raise ValueError(f"{key} is {json.dumps(value)}, not a number")
+    return _number(str(value), key)
 
 
 Row = tuple[str, str, float, float | None]
@@ -208,11 +265,11 @@ def _parse_amazon_json(text: str) -> Row:
     for key in ("reviewerID", "asin", "unixReviewTime"):
         if key not in record:
             raise ValueError(f"missing key '{key}'")
-    rating = _number(str(record["overall"]), "overall") if "overall" in record else None
+    rating = _json_number(record, "overall") if "overall" in record else None
     return (
-        _require_id(str(record["reviewerID"]), "reviewerID"),
-        _require_id(str(record["asin"]), "asin"),
-        _number(str(record["unixReviewTime"]), "unixReviewTime"),
+        _require_id(record["reviewerID"], "reviewerID"),
+        _require_id(record["asin"], "asin"),
+        _json_number(record, "unixReviewTime"),
         rating,
     )
 

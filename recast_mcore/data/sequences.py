@@ -49,16 +49,31 @@ class SplitSequences:
 
 
 def _sorted_codes(raw: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(unique raw ids in index order, index of every row); numeric ids sort numerically."""
+    """(unique raw ids in index order, index of every row); integer ids sort numerically.
+
+    Integer ids beyond int64 (e.g. 20-digit hashes) sort as Python ints: O(U) conversions of the U unique
+    ids, once per prepare."""
     values = np.asarray(raw, dtype=object)
     uniq, inverse = np.unique(values.astype(str), return_inverse=True)
     try:
         order = np.argsort(uniq.astype(np.int64), kind="stable")
+    except OverflowError:
+        order = _python_int_order(uniq)
     except ValueError:
+        return uniq, inverse
+    if order is None:
         return uniq, inverse
     rank = np.empty_like(order)
     rank[order] = np.arange(order.shape[0])
     return uniq[order], rank[inverse]
+
+
+def _python_int_order(uniq: np.ndarray) -> np.ndarray | None:
+    """Argsort of ids as Python ints (some exceed int64), or None when one is not an integer."""
+    try:
+        return np.argsort(np.array([int(u) for u in uniq], dtype=object), kind="stable")
+    except ValueError:
+        return None
 
 
 def kcore_mask(users: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, int]:

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
+from recast_mcore.checkpoint.manifest import dataset_differences, read_manifest
 from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
-from recast_mcore.config.base import to_dict
-from recast_mcore.config.train import DDP_FIXED_OPTIM_FIELDS
+from recast_mcore.config.base import ConfigError, load_config, to_dict
+from recast_mcore.config.data import DataConfig
 from recast_mcore.config.rollout import RolloutConfig
+from recast_mcore.config.signal import SignalConfig
+from recast_mcore.config.train import DDP_FIXED_OPTIM_FIELDS, EvalConfig
 from recast_mcore.data.dataset import REQUIRED_FILES
+from recast_mcore.utils.paths import unwritable_reason
 
 
 class SetupError(RuntimeError):
@@ -77,8 +82,10 @@ _NUMERICS_ONLY = ("fp8", "fp8_recipe", "transformer_impl", "params_dtype", "init
 """Model fields that may change between save and load (they do not change the weights' shapes)."""
 
 
-def check_checkpoint_matches(checkpoint_dir: str | Path, model_cfg: ModelConfig, vocab_size: int) -> None:
-    """The checkpoint was written for this model shape and vocabulary (else name every differing field)."""
+def check_checkpoint_matches(checkpoint_dir: str | Path, model_cfg: ModelConfig, vocab_size: int,
+                             dataset_fingerprint: dict[str, str] | None = None) -> None:
+    """The checkpoint was written for this model shape, vocabulary and (when given) prepared dataset: its
+    manifest's dataset fingerprint (vocabulary + item codes, item ids, splits) must match. Names every difference."""
     path = Path(checkpoint_dir)
     if not path.is_dir():
         raise SetupError(f"checkpoint directory {path} does not exist")
@@ -96,11 +103,92 @@ def check_checkpoint_matches(checkpoint_dir: str | Path, model_cfg: ModelConfig,
     ]
     if int(meta["vocab_size"]) != int(vocab_size):
         diffs.append(f"vocabulary size: checkpoint {meta['vocab_size']} vs prepared dataset {vocab_size} (another dataset or semantic-ID setting?)")
+    trained_on = ""
+    if dataset_fingerprint is not None:
+        saved_fp = read_manifest(path).get("dataset")
+        diffs += dataset_differences(saved_fp, dataset_fingerprint)
+        trained_on = f" (it was trained on {saved_fp.get('path')})" if saved_fp else ""
     if diffs:
         raise SetupError(
-            f"the config's model does not match checkpoint {path}:\n  " + "\n  ".join(diffs) +
-            "\nSet these model.* values to the checkpoint's (or use the dataset it was trained on), "
-            "or start from a fresh run_dir / another checkpoint."
+            f"the config's model or dataset does not match checkpoint {path}{trained_on}:\n  " + "\n  ".join(diffs) +
+            "\nSet these model.* values to the checkpoint's, use the prepared dataset it was trained on "
+            "(data.prepared_dir), or start from a fresh run_dir / another checkpoint."
+        )
+
+
+RUN_TIME_DATA = ("prompt.",)
+"""``data.*`` keys the run itself uses (not how the dataset was prepared): never checked against the dataset."""
+
+
+def check_data_matches_prepared(data_cfg: DataConfig, given_keys: set[str] | None = None) -> DataConfig:
+    """``data.*`` settings other than ``prepared_dir`` and ``prompt`` (how prompts are rendered, a run-time
+    setting) only describe how the prepared dataset was built (training reads its files): each one given must
+    equal the dataset's own config.yaml. ``given_keys``: the dotted keys the user set (None: those differing
+    from the defaults). Returns the dataset's DataConfig with the run's ``prepared_dir`` and ``prompt``, which
+    is what the run's config.yaml records."""
+    source = Path(data_cfg.prepared_dir) / "config.yaml"
+    try:
+        prepared = replace(load_config(DataConfig, source), prepared_dir=data_cfg.prepared_dir, prompt=data_cfg.prompt)
+    except ConfigError as exc:
+        raise SetupError(f"cannot read the prepared dataset's config: {exc}") from None
+    run, built, default = _leaves(to_dict(data_cfg)), _leaves(to_dict(prepared)), _leaves(to_dict(DataConfig()))
+    keys = given_keys if given_keys is not None else {k for k in run if run[k] != default.get(k)}
+    diffs = [f"data.{k}: run config {run[k]!r} vs prepared dataset {built.get(k)!r}"
+             for k in sorted(keys - {"prepared_dir"}) if k in run and not k.startswith(RUN_TIME_DATA)
+             and not _same_setting(k, run[k], built.get(k))]
+    if diffs:
+        raise SetupError(
+            f"data settings given to the run differ from how data.prepared_dir={data_cfg.prepared_dir} was prepared "
+            f"({source}); training only reads the prepared files:\n  " + "\n  ".join(diffs) +
+            "\nRemove these data.* keys from the run config, or prepare a dataset with them (recast-data prepare "
+            "--config <this config> --out NEW_DIR) and point data.prepared_dir at it."
+        )
+    return prepared
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def given_keys(raw_section: object, prefix: str = "") -> set[str]:
+    """Dotted leaf keys of a raw YAML section (what the user actually wrote)."""
+    return set(_leaves(raw_section, prefix)) if isinstance(raw_section, dict) else set()
+
+
+def _same_setting(key: str, a: object, b: object) -> bool:
+    if key == "path" and a and b:
+        return a == b or Path(str(a)).resolve() == Path(str(b)).resolve()
+    return a == b
+
+
+def check_run_dir_writable(run_dir: str, jsonl_name: str) -> None:
+    """The run directory and its metric log can be written (checked before any work, nothing is created)."""
+    problem = unwritable_reason(run_dir, directory=True) or unwritable_reason(Path(run_dir) / jsonl_name)
+    if problem:
+        raise SetupError(f"cannot write the run's outputs: {problem}. Fix it or set another run_dir / logging.jsonl_name.")
+
+
+def check_eval_fits_catalog(eval_cfg: EvalConfig, num_items: int) -> None:
+    """A ranked list longer than the catalog holds every item: Pass@K would be 1 by construction."""
+    if eval_cfg.beam_width > num_items:
+        raise SetupError(
+            f"eval.beam_width={eval_cfg.beam_width} exceeds the catalog's {num_items} items (Pass@K for K >= {num_items} "
+            f"would be 1 whatever the model): set eval.beam_width and eval.ks to at most {num_items}"
+        )
+
+
+def check_group_size(signal_cfg: SignalConfig, group_size: int, rl_mode: str = "rl") -> None:
+    """GRPO (and grpo_gt) normalizes rewards within a group: it needs at least two candidates per prompt."""
+    if rl_mode == "rl" and signal_cfg.builder in ("grpo", "grpo_gt") and group_size < 2:
+        raise SetupError(
+            f"signal.builder={signal_cfg.builder} needs rollout.sampling.group_size >= 2 (got {group_size}): the "
+            f"group-relative advantage of a single candidate is undefined. Raise the group size or use signal.builder=recast."
         )
 
 

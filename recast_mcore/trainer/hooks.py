@@ -26,11 +26,13 @@ def evaluate_and_log(job, at_stage: str, step: int) -> dict[str, float] | None:
 
 
 def save_checkpoint(job, stage: str, step: int) -> None:
-    """Collective: ``actor.save`` into ``checkpoints/<stage>_step_N`` (atomic; it moves ``latest``), then prune."""
+    """Collective: ``actor.save`` into ``checkpoints/<stage>_step_N`` (atomic, sealed by a manifest that records
+    the dataset fingerprint; it moves ``latest``), then prune."""
     root = ckpt.checkpoints_root(job.run_dir)
-    job.actor.save(root / ckpt.checkpoint_name(stage, step), job.state.to_dict())
+    path = job.actor.save(root / ckpt.checkpoint_name(stage, step), job.state.to_dict(),
+                          info={"dataset": job.dataset.fingerprint}, update_latest=True)
     if is_rank0():
-        ckpt.prune(root, job.cfg.checkpoint.keep_last)
+        ckpt.prune(root, job.cfg.checkpoint.keep_last, path)
         job.logger.flush()
     barrier()
 

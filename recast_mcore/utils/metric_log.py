@@ -4,8 +4,12 @@ A record is ``{"stage": "sft"|"rl"|"eval", "step": int, "rollout_budget": int, <
 TensorBoard gets ``<stage>/<metric>`` against the step and, for RL and eval records,
 ``<stage>_vs_budget/<metric>`` against the rollout budget.
 
-On resume the JSONL is cut back to the checkpoint (records after it are dropped) and the TensorBoard
-directory is rebuilt from the JSONL, so a resumed run's logs equal an uninterrupted run's.
+On resume the JSONL is cut back to the checkpoint and the TensorBoard directory is rebuilt from the
+JSONL, so a resumed run's logs equal an uninterrupted run's. Nothing is deleted silently: records cut
+away are appended to ``<name>.removed.jsonl`` (one ``{"removed_at", "reason", "record"}`` line each) and,
+when records were cut, the old event files move to ``tensorboard.removed/<time>/`` (without cut records
+the rebuilt directory holds the same scalars). A new run in a directory with an old log does the same
+with every record (``start_new``).
 Only rank 0 writes; other ranks get a logger with ``enabled=False`` that does nothing.
 """
 
@@ -14,10 +18,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 from recast_mcore.config.train import LoggingConfig
+from recast_mcore.utils.paths import unique_path
 
 STAGE_ORDER = {"sft": 0, "rl": 1}
 
@@ -54,28 +60,52 @@ class MetricLogger:
         self._writer = None
         self._bar = None
 
-    # ---- resume -----------------------------------------------------------------------------
-    def truncate_after(self, stage: str, step: int) -> None:
-        """Drop records logged after (stage, step) and rebuild TensorBoard from the kept ones."""
+    # ---- resume ---------------------------------------------------------------------------------
+    @property
+    def removed_path(self) -> Path:
+        """Side file of records cut away on resume or by a new run."""
+        return self.jsonl_path.with_name(self.jsonl_path.stem + ".removed.jsonl")
+
+    def truncate_after(self, stage: str, step: int, reason: str = "") -> int:
+        """Keep the records up to (stage, step), move the later ones to the side file, rebuild TensorBoard.
+        Returns the number of records moved."""
         if not self.enabled:
-            return
+            return 0
         limit = (STAGE_ORDER[stage], step)
-        kept = [r for r in read_records(self.jsonl_path) if _position(r) <= limit]
+        records = read_records(self.jsonl_path)
+        kept = [r for r in records if _position(r) <= limit]
+        self._replace_log(kept, [r for r in records if _position(r) > limit], reason or f"resume at {stage} step {step}")
+        return len(records) - len(kept)
+
+    def start_new(self, reason: str) -> int:
+        """A new run in this directory: every old record goes to the side file. Returns how many."""
+        if not self.enabled:
+            return 0
+        records = read_records(self.jsonl_path)
+        self._replace_log([], records, reason)
+        return len(records)
+
+    def _replace_log(self, kept: list[dict], removed: list[dict], reason: str) -> None:
         self.jsonl_path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        if removed:
+            with self.removed_path.open("a") as f:
+                f.writelines(json.dumps({"removed_at": stamp, "reason": reason, "record": r}) + "\n" for r in removed)
+            self.write_line(f"[recast-train] {len(removed)} metric records after this point moved to {self.removed_path} ({reason})")
         tmp = self.jsonl_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         tmp.replace(self.jsonl_path)
         self.close_writer()
-        shutil.rmtree(self.tb_dir, ignore_errors=True)
+        if self.tb_dir.exists():
+            if removed:
+                keep = unique_path(self.run_dir / "tensorboard.removed" / stamp)
+                keep.parent.mkdir(parents=True, exist_ok=True)
+                self.tb_dir.rename(keep)
+                self.write_line(f"[recast-train] previous TensorBoard events moved to {keep}")
+            else:
+                shutil.rmtree(self.tb_dir)  # holds only scalars of the kept records, rebuilt below
         for record in kept:
             self._to_tensorboard(record)
-
-    def reset(self) -> None:
-        """Start a fresh log (a new run in this directory)."""
-        if self.enabled:
-            self.jsonl_path.unlink(missing_ok=True)
-            self.close_writer()
-            shutil.rmtree(self.tb_dir, ignore_errors=True)
 
     # ---- writing ------------------------------------------------------------------------------
     def log(self, stage: str, step: int, rollout_budget: int, metrics: dict[str, float], **extra: Any) -> dict:

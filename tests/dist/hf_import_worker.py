@@ -35,8 +35,8 @@ def _import(root: Path, kind: str, tp: int, pp: int, out: Path):
     initialize_distributed(parallel_cfg)
     hf = root / f"base_{kind}"
     model_cfg = import_model_config(read_hf_config(hf), None, max_seq_len=256)
-    vocab = PreparedDataset.load(root / "data").vocab
-    summary, actor = import_hf(hf, vocab, out, model_cfg, parallel_cfg, ImportOptions())
+    data = PreparedDataset.load(root / "data")
+    summary, actor = import_hf(hf, data.vocab, out, model_cfg, parallel_cfg, ImportOptions(), dataset_fingerprint=data.fingerprint)
     return summary, actor
 
 
@@ -71,8 +71,9 @@ def run_single(root: Path) -> None:
         full = actor.full_state_dict()
         torch.save(full, out / "full.pt")
         export_hf(actor, vocab, out / "hf_export", tokenizer_dir=out / "hf_tokenizer", dtype=torch.float32)
-        again, actor2 = import_hf(out / "hf_export", PreparedDataset.load(root / "data").vocab, out / "reimport",
-                                  actor.model_cfg, ParallelConfig(), ImportOptions())
+        data = PreparedDataset.load(root / "data")
+        again, actor2 = import_hf(out / "hf_export", data.vocab, out / "reimport", actor.model_cfg, ParallelConfig(),
+                                  ImportOptions(), dataset_fingerprint=data.fingerprint)
         full2 = actor2.full_state_dict()
         diff = max(float((full[k] - full2[k]).abs().max()) for k in full)
         (out / "reimport.json").write_text(json.dumps({"kind": again["kind"], "keys_equal": full.keys() == full2.keys(),
