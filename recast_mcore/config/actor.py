@@ -186,11 +186,11 @@ class OptimConfig:
     def validate(self) -> None:
         if self.overlap_param_gather and not (self.distributed_optimizer and self.overlap_grad_reduce):
             raise ValueError(
-                "optim.overlap_param_gather needs optim.distributed_optimizer=true and optim.overlap_grad_reduce=true "
+                "overlap_param_gather needs distributed_optimizer=true and overlap_grad_reduce=true "
                 "(only the distributed optimizer all-gathers parameters)"
             )
         if self.max_consecutive_skips < 0:
-            raise ValueError(f"optim.max_consecutive_skips must be >= 0, got {self.max_consecutive_skips}")
+            raise ValueError(f"max_consecutive_skips must be >= 0, got {self.max_consecutive_skips}")
         for name in ("lr", "min_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "clip_grad"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
