@@ -139,7 +139,7 @@ def test_step_guard_skip_count_and_stop():
 
 
 def test_performance_switch_validation():
-    with pytest.raises(ConfigError, match="optim: overlap_param_gather needs distributed_optimizer=true"):
+    with pytest.raises(ConfigError, match="overlap_param_gather needs distributed_optimizer=true"):
         from_dict(OptimConfig, {"overlap_param_gather": True, "overlap_grad_reduce": True})
     from_dict(OptimConfig, {"overlap_param_gather": True, "overlap_grad_reduce": True, "distributed_optimizer": True})
     with pytest.raises(ConfigError, match="sequence_parallel needs tensor_parallel >= 2"):
