@@ -56,6 +56,15 @@ def make_tiny_llama(out_dir: str | Path, vocab_size: int, *, hidden: int = 64, l
     return model
 
 
+def actor_model_cfg():
+    """The Megatron/HF shape of ``make_tiny_llama``'s defaults (Llama layout, untied, 512 positions)."""
+    from recast_mcore.config.actor import ModelConfig
+
+    return ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
+                       qk_layernorm=False, tie_embeddings=False, rotary_base=10000, norm_epsilon=1e-6,
+                       max_seq_len=512, init_method_std=0.2)
+
+
 def perturbed_state_dict(model, scale: float = 0.05, seed: int = 1) -> dict[str, torch.Tensor]:
     """``{hf_name: w + scale * N(0, 1)}``: stands in for the actor's updated weights."""
     g = torch.Generator().manual_seed(seed)
