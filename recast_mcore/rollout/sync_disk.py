@@ -16,6 +16,7 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from recast_mcore.checkpoint.hf_mapping import write_metadata
 from recast_mcore.rollout.weight_sync import WEIGHT_SUFFIXES, NamedTensors, SyncTarget, check_bucket
 from recast_mcore.utils.fs import replace_dir
 
@@ -52,8 +53,9 @@ class DiskSender:
 
 
 def finalize_snapshot(tmp_dir: Path, final_dir: Path, weight_map: dict[str, str], *, template_dir: Path | None = None,
-                      files: dict[str, str] | None = None) -> Path:
-    """Rank 0: index + non-weight files (copied from ``template_dir`` and/or given as ``files``), then rename."""
+                      files: dict[str, str] | None = None, copies: list[Path] = ()) -> Path:
+    """Rank 0: index + non-weight files (copied from ``template_dir``, given as ``files`` and/or copied from
+    ``copies``: checkpoint/hf_mapping.hf_metadata_files), then rename."""
     tmp_dir, final_dir = Path(tmp_dir), Path(final_dir)
     total = sum((tmp_dir / f).stat().st_size for f in set(weight_map.values()))
     index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
@@ -62,6 +64,5 @@ def finalize_snapshot(tmp_dir: Path, final_dir: Path, weight_map: dict[str, str]
         for f in Path(template_dir).iterdir():
             if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and not f.name.endswith(".index.json"):
                 shutil.copy2(f, tmp_dir / f.name)
-    for name, content in (files or {}).items():
-        (tmp_dir / name).write_text(content)
+    write_metadata(tmp_dir, files or {}, list(copies))
     return replace_dir(tmp_dir, final_dir)
