@@ -1,0 +1,234 @@
+"""Weight sync, placement and lockdown pieces that need no server: pure functions, configs, senders' files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from recast_mcore.checkpoint.hf_mapping import hf_shapes, mcore_keys, mcore_tensor_to_hf, mcore_to_hf
+from recast_mcore.config.actor import ModelConfig
+from recast_mcore.config.base import ConfigError, load_config
+from recast_mcore.config.rollout import PlacementConfig, RolloutConfig, SGLangServerConfig
+from recast_mcore.rollout.placement import ClusterLayout, ServerSlot, plan_servers
+from recast_mcore.rollout.server import launch_command
+from recast_mcore.rollout.weight_sync import (
+    SyncTarget, check_bucket, check_complete, check_matches_template, dict_buckets,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+# ---- placement ---------------------------------------------------------------------------------------------
+def _slots(nodes, trainer_per_node, mode, tp, n, dp=1):
+    cfg = PlacementConfig(mode=mode, gpus_per_server=tp, dp_per_server=dp)
+    return [(s.node, s.base_gpu_id, s.tp_size, s.dp_size)
+            for s in plan_servers(ClusterLayout(nodes, 8, trainer_per_node), cfg, n)]
+
+
+def test_placement_one_node_of_8_gpus():
+    # colocated: servers share the trainer's 8 GPUs
+    assert _slots(1, 8, "colocated", 2, 0) == [(0, 0, 2, 1), (0, 2, 2, 1), (0, 4, 2, 1), (0, 6, 2, 1)]
+    assert _slots(1, 8, "colocated", 8, 1) == [(0, 0, 8, 1)]
+    # disaggregated: trainer on GPUs 0-3, servers on 4-7
+    assert _slots(1, 4, "disaggregated", 2, 0) == [(0, 4, 2, 1), (0, 6, 2, 1)]
+    assert _slots(1, 4, "disaggregated", 1, 3) == [(0, 4, 1, 1), (0, 5, 1, 1), (0, 6, 1, 1)]
+    with pytest.raises(ValueError, match=r"3 servers of 2 GPUs do not fit; 2 per node x 1 nodes = 2 \(node GPUs 4..7\)"):
+        _slots(1, 4, "disaggregated", 2, 3)
+    with pytest.raises(ValueError, match="no node has 8 free GPUs"):
+        _slots(1, 4, "disaggregated", 8, 1)
+
+
+def test_placement_two_nodes_of_8_gpus():
+    assert _slots(2, 8, "colocated", 4, 0) == [(0, 0, 4, 1), (0, 4, 4, 1), (1, 0, 4, 1), (1, 4, 4, 1)]
+    assert _slots(2, 8, "colocated", 2, 0, dp=2) == [(0, 0, 2, 2), (0, 4, 2, 2), (1, 0, 2, 2), (1, 4, 2, 2)]
+    assert _slots(2, 6, "disaggregated", 2, 0) == [(0, 6, 2, 1), (1, 6, 2, 1)]
+    assert _slots(2, 4, "disaggregated", 4, 0) == [(0, 4, 4, 1), (1, 4, 4, 1)]
+
+
+def _cmd(slot, **kw):
+    cfg = SGLangServerConfig(**kw)
+    return launch_command(cfg, "/m", 30000 + slot.index, 3, slot=slot, with_key=True, memory_saver=True)
+
+
+def test_launch_commands_carry_the_slot_and_never_the_key():
+    layout = ClusterLayout(2, 8, 8)
+    cmds = [_cmd(s) for s in plan_servers(layout, PlacementConfig(mode="colocated", gpus_per_server=4), 0)]
+    assert len(cmds) == 4
+    for cmd, base in zip(cmds, [0, 4, 0, 4]):
+        flags = dict(zip(cmd[3::1], cmd[4::1]))
+        assert cmd[1:3] == ["-m", "recast_mcore.rollout.sglang_launch"]
+        assert flags["--base-gpu-id"] == str(base) and flags["--tp-size"] == "4" and flags["--dp-size"] == "1"
+        assert flags["--host"] == "127.0.0.1" and flags["--weight-version"] == "3"
+        assert "--enable-memory-saver" in cmd and "--enable-custom-logit-processor" in cmd
+        assert "--api-key" not in cmd
+    plain = launch_command(SGLangServerConfig(), "/m", 1, 0)  # no key: no custom logit processors
+    assert "--enable-custom-logit-processor" not in plain and "--base-gpu-id" not in plain
+    with pytest.raises(ValueError, match="must not carry an API key"):
+        launch_command(SGLangServerConfig(extra_args=["--api-key", "x"]), "/m", 1, 0)
+
+
+def test_launcher_refuses_a_key_on_the_command_line():
+    proc = subprocess.run([sys.executable, "-m", "recast_mcore.rollout.sglang_launch", "--api-key", "k"],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=60)
+    assert proc.returncode != 0 and "not on the command line" in proc.stderr
+
+
+# ---- lockdown configs ------------------------------------------------------------------------------------
+def _write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_non_loopback_servers_need_an_explicit_allow_and_a_key(tmp_path, monkeypatch):
+    for text in ("sglang: {host: 0.0.0.0}", "sglang: {host: 10.1.2.3, allow_non_loopback: true}",
+                 "sglang: {host: node-ip, api_key_env: K}",
+                 "sglang: {mode: attach, urls: ['http://10.0.0.5:30000']}"):
+        with pytest.raises(ConfigError, match="needs both allow_non_loopback: true and api_key_env"):
+            load_config(RolloutConfig, _write(tmp_path, text))
+    ok = load_config(RolloutConfig, _write(tmp_path, "sglang: {host: 10.1.2.3, allow_non_loopback: true, api_key_env: K}"))
+    assert ok.sglang.host == "10.1.2.3"
+    for host in ("127.0.0.1", "localhost", "127.0.0.2", "::1"):
+        SGLangServerConfig(host=host).validate()
+    with pytest.raises(ConfigError, match="dp_per_server > 1 needs weight_sync.method: disk"):
+        load_config(RolloutConfig, _write(tmp_path, "placement: {dp_per_server: 2}\nweight_sync: {method: tensor}"))
+
+
+def test_api_key_resolution(monkeypatch):
+    from recast_mcore.rollout.sglang_engine import resolve_api_key
+
+    a, b = resolve_api_key(SGLangServerConfig()), resolve_api_key(SGLangServerConfig())
+    assert len(a) >= 40 and a != b  # fresh per run
+    assert resolve_api_key(SGLangServerConfig(mode="attach", urls=["http://127.0.0.1:1"])) == ""
+    monkeypatch.setenv("RECAST_TEST_KEY", "s3cret")
+    assert resolve_api_key(SGLangServerConfig(api_key_env="RECAST_TEST_KEY")) == "s3cret"
+    monkeypatch.setenv("RECAST_TEST_KEY", "")
+    with pytest.raises(ValueError, match=r"\$RECAST_TEST_KEY, which is unset or empty"):
+        resolve_api_key(SGLangServerConfig(api_key_env="RECAST_TEST_KEY"))
+
+
+def test_the_key_never_shows_in_reprs():
+    from recast_mcore.rollout.client import SGLangClient
+
+    target = SyncTarget(method="tensor", version=1, endpoints=[], bucket_bytes=1, dtype="float32", shapes={},
+                        request_timeout_s=1, api_key="TOPSECRET")
+    assert "TOPSECRET" not in repr(target) and "TOPSECRET" not in repr(SGLangClient("http://127.0.0.1:1", 1, "TOPSECRET"))
+
+
+# ---- HF mapping per tensor and buckets --------------------------------------------------------------------
+def _full_megatron(cfg: ModelConfig, vocab_padded: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    shapes = {k: None for k in mcore_keys(cfg)}
+    d, f, h = cfg.hidden_size, cfg.ffn_hidden_size, cfg.head_dim
+    ng, r = cfg.num_query_groups, cfg.num_attention_heads // cfg.num_query_groups
+    out = {}
+    for k in shapes:
+        if "word_embeddings" in k or k == "output_layer.weight":
+            shape = (vocab_padded, d)
+        elif k.endswith("linear_qkv.weight"):
+            shape = (ng * (r + 2) * h, d)
+        elif k.endswith("linear_proj.weight"):
+            shape = (d, cfg.num_attention_heads * h)
+        elif k.endswith("linear_fc1.weight"):
+            shape = (2 * f, d)
+        elif k.endswith("linear_fc2.weight"):
+            shape = (d, f)
+        elif "q_layernorm" in k or "k_layernorm" in k:
+            shape = (h,)
+        else:
+            shape = (d,)
+        out[k] = torch.randn(shape, generator=g)
+    return out
+
+
+@pytest.mark.parametrize("qk,tie", [(True, False), (False, True)])
+def test_per_tensor_conversion_equals_the_full_mapping(qk, tie):
+    cfg = ModelConfig(num_layers=3, hidden_size=16, ffn_hidden_size=24, num_attention_heads=4, num_query_groups=2,
+                      qk_layernorm=qk, tie_embeddings=tie)
+    full = _full_megatron(cfg, vocab_padded=128)
+    ref = mcore_to_hf(full, cfg, vocab_size=100)
+    streamed = {}
+    for k, v in full.items():
+        for name, t in mcore_tensor_to_hf(k, v, cfg, 100):
+            assert name not in streamed
+            streamed[name] = t
+    assert streamed.keys() == ref.keys() and all(torch.equal(streamed[k], ref[k]) for k in ref)
+    assert {k: tuple(v.shape) for k, v in ref.items()} == hf_shapes(cfg, 100)
+    te_name = "decoder.layers.1.mlp.linear_fc1.layer_norm_weight"  # TE spec names map too
+    assert mcore_tensor_to_hf(te_name, torch.ones(16), cfg, 100)[0][0] == "model.layers.1.post_attention_layernorm.weight"
+    with pytest.raises(KeyError, match="no Hugging Face name for Megatron tensor 'decoder.layers.0.bogus'"):
+        mcore_tensor_to_hf("decoder.layers.0.bogus", torch.ones(1), cfg, 100)
+
+
+def test_buckets_and_completeness_checks():
+    sd = {f"t{i}": torch.ones(10) for i in range(5)}  # 40 bytes each
+    buckets = list(dict_buckets(sd, bucket_bytes=100, dtype=torch.bfloat16))  # 20 bytes each in bf16
+    assert [len(b) for b in buckets] == [5]
+    buckets = list(dict_buckets(sd, bucket_bytes=100, dtype=torch.float32))
+    assert [len(b) for b in buckets] == [2, 2, 1]
+    assert [len(b) for b in dict_buckets({"big": torch.ones(100), "s": torch.ones(1)}, 100, torch.float32)] == [1, 1]
+    shapes = {k: (10,) for k in sd}
+    check_bucket(buckets[0], shapes)
+    with pytest.raises(ValueError, match=r"unexpected \['zz'\], wrong shapes \['t0: \(3,\) != \(10,\)'\]"):
+        check_bucket([("zz", torch.ones(1)), ("t0", torch.ones(3))], shapes)
+    assert check_complete([{"t0": "a", "t1": "a"}, {"t2": "b", "t3": "b", "t4": ""}], shapes)["t2"] == "b"
+    with pytest.raises(ValueError, match=r"missing \['t4'\] \(1 in all\), sent twice \['t0'\]"):
+        check_complete([{"t0": "a", "t1": "a"}, {"t0": "b", "t2": "", "t3": ""}], shapes)
+    with pytest.raises(ValueError, match=r"missing \['t1'"):
+        check_matches_template({"t0": torch.ones(10)}, {"t0": (10,), "t1": (10,)})
+
+
+def test_disk_shards_and_index_load_as_one_model(tmp_path):
+    from safetensors.torch import load_file
+
+    from recast_mcore.rollout.sync_disk import INDEX, DiskSender, finalize_snapshot
+
+    shapes = {f"w{i}": (4, 4) for i in range(5)}
+    target = SyncTarget(method="disk", version=3, endpoints=[], bucket_bytes=130, dtype="bfloat16", shapes=shapes,
+                        request_timeout_s=1, snapshot_dir=str(tmp_path / "v3.tmp"))
+    sd = {k: torch.randn(4, 4) for k in shapes}
+    pushed = []
+    for stage, names in enumerate((["w0", "w1", "w2"], ["w3", "w4"])):
+        sender = DiskSender(target, stage)
+        for i, bucket in enumerate(dict_buckets({k: sd[k] for k in names}, target.bucket_bytes, target.torch_dtype)):
+            sender.push(i, bucket)
+        pushed.append(sender.close())
+    (tmp_path / "template").mkdir()
+    (tmp_path / "template" / "config.json").write_text("{}")
+    (tmp_path / "template" / "model.safetensors").write_text("old weights: never copied")
+    snap = finalize_snapshot(tmp_path / "v3.tmp", tmp_path / "v3", check_complete(pushed, shapes),
+                             template_dir=tmp_path / "template")
+    index = json.loads((snap / INDEX).read_text())
+    assert sorted(index["weight_map"]) == sorted(shapes) and (snap / "config.json").is_file()
+    assert not (snap / "model.safetensors").exists() and not list(snap.glob("*.tmp"))
+    loaded = {}
+    for f in set(index["weight_map"].values()):
+        loaded.update(load_file(str(snap / f)))
+    assert all(loaded[k].dtype == torch.bfloat16 and torch.equal(loaded[k], sd[k].bfloat16()) for k in sd)
+    with pytest.raises(ValueError, match="unexpected"):
+        DiskSender(target, 0).push(0, [("nope", torch.ones(4, 4))])
+
+
+def test_tensor_payload_has_one_entry_per_server_tp_rank():
+    from recast_mcore.rollout.cpu_bridge import declare_torchvision_ops_in_process
+    from recast_mcore.rollout.sync_tensor import serialize_for_ranks
+
+    declare_torchvision_ops_in_process()
+    from sglang.srt.utils.common import MultiprocessingSerializer
+
+    tensors = [("a", torch.arange(6.0).reshape(2, 3)), ("b", torch.ones(2))]
+    payloads = serialize_for_ranks(tensors, tp_size=2)
+    assert len(payloads) == 2  # element tp_rank is what server rank tp_rank reads
+    for p in payloads:
+        got = MultiprocessingSerializer.deserialize(__import__("base64").b64decode(p))
+        assert [n for n, _ in got] == ["a", "b"] and torch.equal(got[0][1], tensors[0][1])
+
+
+def test_slots_are_plain_data():
+    slot = ServerSlot(index=1, node=0, base_gpu_id=2, tp_size=2, dp_size=1)
+    assert slot.gpus == [2, 3]
