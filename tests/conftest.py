@@ -46,20 +46,12 @@ def sglang_setup(tmp_path_factory):
     """ONE launched SGLang server for the whole session (tests marked ``sglang``), serving a tiny random Llama
     exported by the project's own ``export_hf_dir``, with the engine around it. Tests may change its weights:
     ``model`` always holds the weights the server serves (the reference for log-probs)."""
-    from recast_mcore.checkpoint.hf_mapping import export_hf_dir
     from recast_mcore.config.rollout import SGLangServerConfig, WeightSyncConfig
-    from recast_mcore.rollout.catalog import ItemCatalog
     from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine
-    from recast_mcore.rollout.testing import actor_model_cfg, make_tiny_llama, random_catalog
+    from recast_mcore.rollout.testing import exported_tiny_llama
 
     root = tmp_path_factory.mktemp("sglang")
-    vocab = random_catalog(40, [6, 5, 4], seed=3)
-    catalog = ItemCatalog.from_vocab(vocab)
-    model = make_tiny_llama(root / "hf_raw", vocab.vocab_size)
-    # The server starts from the project's own export (config.json, safetensors, WordLevel tokenizer of the
-    # item tokens), exactly what the trainer hands the engine at the first launch.
-    export_hf_dir(root / "hf", model.state_dict(), actor_model_cfg(), vocab.token_strings,
-                  pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+    vocab, catalog, model = exported_tiny_llama(root)
     cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(root / "logs"), request_timeout_s=60,
                              startup_timeout_s=900)  # imports alone take minutes on this shared 2-core machine
     engine = SGLangRolloutEngine(cfg, WeightSyncConfig(method="disk"), catalog, str(root / "hf"),

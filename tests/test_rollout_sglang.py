@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from recast_mcore.config.rollout import RolloutConfig, SamplingConfig, SGLangServerConfig, WeightSyncConfig
-from recast_mcore.rollout.catalog import ItemCatalog
 from recast_mcore.rollout.client import RequestRejected
 from recast_mcore.rollout.modes import roll_out
 from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine

@@ -133,6 +133,19 @@ def test_distributed_sync_from_tp2_pp2_actor_then_sglang_logprobs_equal_the_acto
     assert err < TOL
 
 
+def test_in_process_distributed_sync_reuses_a_group_name_left_by_a_dead_sender(sglang_setup):
+    """This process becomes the sender of stage 0: the server still holds that group from the worker above
+    (dead now); the sender destroys it first and builds its own."""
+    engine, model = sglang_setup["engine"], sglang_setup["model"]
+    engine.sync_cfg = dataclasses.replace(engine.sync_cfg, method="distributed", bucket_mb=0.05)
+    new_weights = perturbed_state_dict(model, scale=0.05, seed=41)
+    engine.update_weights(new_weights, engine.policy_version + 1)
+    model.load_state_dict(new_weights)
+    groups = engine.generate(sglang_setup["prompts"], [[0]] * 8, SamplingConfig(group_size=2))
+    assert groups.policy_version == engine.policy_version
+    _check_reference(sglang_setup, groups, 2)
+
+
 def test_a_failed_sync_leaves_no_sample_labelled_current_then_a_good_sync_recovers(sglang_setup):
     engine, model = sglang_setup["engine"], sglang_setup["model"]
     engine.sync_cfg = dataclasses.replace(engine.sync_cfg, method="tensor", bucket_mb=0.05)

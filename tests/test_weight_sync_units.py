@@ -232,3 +232,99 @@ def test_tensor_payload_has_one_entry_per_server_tp_rank():
 def test_slots_are_plain_data():
     slot = ServerSlot(index=1, node=0, base_gpu_id=2, tp_size=2, dp_size=1)
     assert slot.gpus == [2, 3]
+
+
+# ---- rank 0's coordinator against a recording fake server ------------------------------------------------
+class _Recorder:
+    """A fake SGLang HTTP server: records (method, path, auth header, body), answers success; /server_info -> TP 2."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        calls = self.calls = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, payload):
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                calls.append(("GET", self.path, self.headers.get("Authorization"), None))
+                self._answer({"tp_size": 2} if self.path == "/server_info" else {})
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n)) if n else None
+                calls.append(("POST", self.path, self.headers.get("Authorization"), body))
+                self._answer({"success": True})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def posts(self):
+        return [p for m, p, _, _ in self.calls if m == "POST"]
+
+
+def test_coordinator_pauses_versions_only_at_commit_and_labels_a_failed_sync_partial(tmp_path):
+    from safetensors.torch import save_file
+
+    from recast_mcore.config.rollout import WeightSyncConfig
+    from recast_mcore.rollout.pool import ServerPool
+    from recast_mcore.rollout.sync_coordinator import SyncCoordinator
+
+    fake = _Recorder()
+    try:
+        (tmp_path / "hf").mkdir()
+        save_file({"w": torch.ones(2, 2)}, str(tmp_path / "hf" / "model.safetensors"))
+        cfg = SGLangServerConfig(mode="attach", urls=[fake.url], request_timeout_s=5)
+        pool = ServerPool(cfg, "", 0, current_weights=lambda: ("", 0), after_restart=lambda c: None, api_key="K1")
+        coord = SyncCoordinator(pool, cfg, WeightSyncConfig(method="tensor"), api_key="K1",
+                                initial_model_dir=str(tmp_path / "hf"), work_dir=tmp_path, group_backend="gloo")
+        assert coord.tp_sizes == [2]
+        target = coord.begin(5)
+        assert target.endpoints[0].tp_size == 2 and target.shapes == {"w": (2, 2)} and target.api_key == "K1"
+        assert fake.posts() == ["/pause_generation", "/begin_weight_update"]
+        coord.commit(target, [{"w": ""}])
+        assert fake.posts()[2:] == ["/end_weight_update", "/flush_cache", "/update_weight_version", "/continue_generation"]
+        assert [b for _, p, _, b in fake.calls if p == "/update_weight_version"][0]["new_version"] == "5"
+        assert all(auth == "Bearer K1" for _, _, auth, _ in fake.calls)  # the key on every call
+        del fake.calls[:]
+        target = coord.begin(6)
+        with pytest.raises(ValueError, match="missing"):
+            coord.commit(target, [{}])
+        coord.abort(target, "nothing arrived")
+        assert "/update_weight_version" in fake.posts() and coord.active is None
+        labels = [b["new_version"] for _, p, _, b in fake.calls if p == "/update_weight_version"]
+        assert labels == ["partial-6"] and fake.posts()[-1] == "/continue_generation"
+    finally:
+        fake.server.shutdown()
+
+
+def test_a_restarted_server_is_resynced_only_when_its_snapshot_is_older_than_the_policy():
+    from types import SimpleNamespace
+
+    from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine
+
+    engine = object.__new__(SGLangRolloutEngine)  # only the restart decision, no servers
+    engine.syncs = SimpleNamespace(group_epoch=0)
+    engine._last_pushed, engine.policy_version, engine._model_path_version = None, 4, 4
+    calls = []
+    engine.resync = lambda: calls.append("resync")
+    engine._after_restart(None)  # disk sync: the snapshot it loaded is the policy
+    assert calls == [] and engine.syncs.group_epoch == 1  # its weight-update groups died with it
+    engine.policy_version = 5  # a tensor/distributed sync since the last snapshot
+    engine._after_restart(None)
+    assert calls == ["resync"] and engine.syncs.group_epoch == 2
+    engine.resync = None
+    engine._push_dict = lambda sd, v, resync: calls.append(("dict", v, resync))
+    engine._last_pushed = {"w": torch.ones(1)}
+    engine._after_restart(None)
+    assert calls[-1] == ("dict", 5, True)

@@ -3,17 +3,17 @@
 No rank ever holds the whole model: every pipeline stage exports only its own layers, tensor by tensor.
 
 Per tensor of this rank's model chunks (global layer numbers, actor/state_dict.py):
-1. all-gather the TP shards within the TP group, on the tensor's device (NCCL on GPU, gloo on CPU);
+1. gather the TP shards to TP rank 0 within the TP group, on the tensor's device (NCCL on GPU, gloo on CPU);
 2. convert the full tensor to HF name(s) (checkpoint/hf_mapping.mcore_tensor_to_hf) and the serving dtype;
 3. append to the current bucket; a bucket is emitted before it would exceed ``bucket_bytes`` (a single
    tensor larger than ``bucket_bytes`` forms a bucket of its own).
 
 Who does what: only data-parallel replica 0 takes part (after the optimizer step every replica holds the
-same weights); inside it every TP rank joins the all-gathers and the TP-rank-0 rank of each pipeline stage
-(the stage's *source*) receives the buckets. Peak extra memory on a source rank is one bucket plus the
-gather workspace of one tensor (its TP shards and their concatenation): ``<= bucket_bytes + 2 x largest
-tensor`` in the gather dtype, independent of the model's size. Other ranks hold at most the gather
-workspace of one tensor.
+same weights); inside it every TP rank sends its shards and the TP-rank-0 rank of each pipeline stage
+(the stage's *source*) receives them and the buckets. Peak extra memory on a source rank: the bucket being
+filled (<= ``bucket_bytes``, or one larger tensor) plus the full tensor being gathered (dimension-0 shards
+are gathered straight into it; dimension-1 shards and the SwiGLU regrouping need one more copy of that
+tensor), independent of the model's size. The other ranks allocate nothing.
 """
 
 from __future__ import annotations
@@ -71,9 +71,8 @@ def export_buckets(
     bucket = Bucket(stage=stage, index=0)
     with torch.no_grad():
         for name, param in local_params(chunks, model_cfg.tie_embeddings):
-            full = _tp_gather(name, param, param.detach())
+            full = _tp_gather(name, param, param.detach(), to_first=True)
             if not source:
-                del full
                 continue
             for hf_name, tensor in mcore_tensor_to_hf(name, full, model_cfg, vocab_size):
                 tensor = tensor.to(dtype or tensor.dtype).contiguous()

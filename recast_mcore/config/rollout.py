@@ -149,7 +149,7 @@ class WeightSyncConfig:
 class PlacementConfig:
     """Where launched SGLang servers run on GPU nodes (ignored on CPU). See rollout/placement.py."""
 
-    mode: Literal["colocated", "disaggregated"] = "disaggregated"
+    mode: Literal["colocated", "disaggregated"] = "colocated"
     """colocated: servers share the trainer's GPUs (their memory is released while the actor works);
     disaggregated: servers use the GPUs of each node that the trainer's processes leave free."""
     gpus_per_server: int = 1

@@ -98,7 +98,7 @@ class SyncCoordinator:
             self._prune_snapshots()
         else:
             self._each(lambda c: expect_success(c.post("/end_weight_update", {}), c, "end_weight_update"))
-            self._each(lambda c: c.post("/flush_cache", {}))
+            self._each(lambda c: c.flush_cache())  # answers plain text, not JSON
             self._each(lambda c: c.post("/update_weight_version", {"new_version": version, "abort_all_requests": False}))
         self._each(lambda c: c.post("/continue_generation", {}))
         self.active = None
@@ -110,7 +110,7 @@ class SyncCoordinator:
         if target.method == "disk":
             shutil.rmtree(target.snapshot_dir, ignore_errors=True)
         else:
-            calls += [lambda c: c.post("/end_weight_update", {}), lambda c: c.post("/flush_cache", {}),
+            calls += [lambda c: c.post("/end_weight_update", {}), lambda c: c.flush_cache(),
                       lambda c: c.post("/update_weight_version", {"new_version": f"partial-{target.version}",
                                                                   "abort_all_requests": False})]
         calls.append(lambda c: c.post("/continue_generation", {}))

@@ -89,12 +89,14 @@ def connect(target: SyncTarget, stage: int, clients: list[SGLangClient]) -> dist
     name = group_name(target.group_epoch, stage)
     if name in _GROUPS:
         return _GROUPS[name].pg
-    for old in [n for n in _GROUPS if n.endswith(f"-s{stage}")]:
+    stale = [n for n in _GROUPS if n.endswith(f"-s{stage}")]
+    for old in stale:
         drop_group(old)
-        for c in clients:  # best effort: a restarted server never had it
+    for old in stale + [name]:  # best effort: a server may still hold a group whose sender is gone
+        for c in clients:
             try:
                 c.post("/destroy_weights_update_group", {"group_name": old})
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001  (a restarted server never had it)
                 pass
     addr = sender_address(target)
     world = 1 + sum(e.tp_size for e in target.endpoints)
@@ -133,7 +135,8 @@ def drop_group(name: str) -> None:
 
 def flatten(tensors: NamedTensors) -> torch.Tensor:
     """The bucket's bytes in one uint8 tensor (the layout of SGLang's FlattenedTensorBucket)."""
-    return torch.cat([t.reshape(-1).view(torch.uint8) for _, t in tensors])
+    flat = [t.reshape(-1).view(torch.uint8) for _, t in tensors]
+    return flat[0] if len(flat) == 1 else torch.cat(flat)  # a one-tensor bucket (e.g. the embedding) is not copied
 
 
 class DistributedSender:
@@ -157,7 +160,7 @@ class DistributedSender:
         flat = flatten(tensors)
         calls = [lambda c=c: expect_success(c.post("/update_weights_from_distributed", body), c, f"bucket {index}") for c in self.clients]
         errors, threads = _in_threads(calls)
-        work = dist.broadcast(flat, src=0, group=self.pg, async_op=True)
+        work = dist.broadcast(flat, group=self.pg, async_op=True, group_src=0)  # group rank 0 = this sender
         while not work.is_completed():
             failed = [e for e in errors if e is not None]
             if failed:

@@ -112,3 +112,15 @@ def exhaustive_scores(model, catalog: ItemCatalog, prompt: list[int]) -> torch.T
     """[N] sequence log-probs s(y) of every catalog item for one prompt (the exact ranking)."""
     responses = catalog.responses_of(torch.arange(catalog.num_items))
     return constrained_logprobs(model, catalog, [prompt] * catalog.num_items, responses).sum(-1)
+
+
+def exported_tiny_llama(root: Path):
+    """The tests' served model: a 40-item catalog, a tiny random Llama and its project export in ``root/hf``
+    (what the trainer hands the engine at the first launch). Returns (vocab, catalog, model)."""
+    from recast_mcore.checkpoint.hf_mapping import export_hf_dir
+
+    vocab = random_catalog(40, [6, 5, 4], seed=3)
+    model = make_tiny_llama(Path(root) / "hf_raw", vocab.vocab_size)
+    export_hf_dir(Path(root) / "hf", model.state_dict(), actor_model_cfg(), vocab.token_strings,
+                  pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+    return vocab, ItemCatalog.from_vocab(vocab), model

@@ -11,6 +11,7 @@ time out (the failure the control plane prevents). Results: OUT/control.json (wr
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from datetime import timedelta
@@ -21,11 +22,22 @@ import torch.distributed as dist
 SHORT_S, LONG_S, WORK_S = 3, 60, 8
 
 
+def _start_together() -> None:
+    """Wait until every rank got here (a counter in torchrun's store)."""
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timedelta(seconds=300))
+    world = int(os.environ["WORLD_SIZE"])
+    store.add("control_test_ready", 1)
+    while int(store.add("control_test_ready", 0)) < world:
+        time.sleep(0.02)
+
+
 def main(out: Path) -> None:
     from recast_mcore.actor.parallel import init_default_group
     from recast_mcore.trainer.collective import Step0, follow
     from recast_mcore.utils.dist import all_gather_object, init_control_group
 
+    _start_together()  # imports take seconds under load: the 3 s groups must not see that skew
     init_default_group("gloo", timedelta(seconds=SHORT_S))
     init_control_group(LONG_S)
     rank = dist.get_rank()

@@ -1,7 +1,7 @@
 """Trainer-side worker of the real-server weight-sync test (torchrun, gloo): a TP2 x PP2 Megatron actor
 streams its weights into the test's SGLang server, then scores what the server sampled.
 
-    torchrun --nproc-per-node 4 tests/dist/sync_worker.py OUT
+    torchrun --nproc-per-node 4 tests/dist/sync_worker.py OUT [TP PP]      (default TP 2, PP 2)
 
 OUT/target.json: the SyncTarget the test opened (``engine.begin_sync``), API key included (test files only).
 The worker writes OUT/pushed.json (every stage's ``{name: file}``) and OUT/hf.pt (the full HF weights, only as
@@ -27,7 +27,7 @@ def _wait(path: Path, timeout_s: float = 600) -> None:
         time.sleep(0.2)
 
 
-def main(out: Path) -> None:
+def main(out: Path, tp: int, pp: int) -> None:
     from recast_mcore.actor.actor import MegatronActor
     from recast_mcore.actor.parallel import destroy_distributed, initialize_distributed
     from recast_mcore.checkpoint.hf_mapping import mcore_to_hf
@@ -43,7 +43,7 @@ def main(out: Path) -> None:
     target = SyncTarget(**raw)
     vocab = random_catalog(40, [6, 5, 4], seed=3)
     model_cfg = actor_model_cfg()
-    parallel_cfg = ParallelConfig(tensor_parallel=2, pipeline_parallel=2)
+    parallel_cfg = ParallelConfig(tensor_parallel=tp, pipeline_parallel=pp)
     initialize_distributed(parallel_cfg)
     trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)
     actor = MegatronActor(model_cfg, parallel_cfg, OptimConfig(lr=1e-2), vocab.vocab_size, trie)
@@ -68,4 +68,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *(int(x) for x in (sys.argv[2:4] or ["2", "2"])))
