@@ -5,6 +5,7 @@ from __future__ import annotations
 from recast_mcore.eval.evaluate import eval_examples, evaluate
 from recast_mcore.trainer import checkpoints as ckpt
 from recast_mcore.trainer.collective import Step0, follow
+from recast_mcore.trainer.weights import ensure_resident
 from recast_mcore.utils.dist import barrier, is_rank0
 from recast_mcore.utils.plots import plot_run
 
@@ -22,6 +23,7 @@ def evaluate_and_log(job, at_stage: str, step: int) -> dict[str, float] | None:
         return None
     lead = Step0(job.actor)
     try:
+        ensure_resident(job.engine)  # colocated servers released after a rollout without update
         metrics = evaluate(job.engine, job.dataset.vocab, eval_examples(job.dataset, job.cfg.eval), job.cfg.eval)
     except Exception as exc:
         lead.abort(f"{type(exc).__name__}: {exc}")

@@ -220,7 +220,12 @@ def before_rollout(engine: RolloutEngine | None, rollout_cfg: RolloutConfig, act
         return
     if rollout_cfg.placement.offload_optimizer:
         actor.offload_optimizer()
-    if engine is not None and engine.memory_released:  # no sync since the release (the batch was empty)
+    ensure_resident(engine)
+
+
+def ensure_resident(engine: RolloutEngine | None) -> None:
+    """Rank 0: servers that released their memory and got no sync since (an empty batch) take it back."""
+    if engine is not None and getattr(engine, "memory_released", False):
         engine.resume_memory(None)
 
 
