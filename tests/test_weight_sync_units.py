@@ -328,3 +328,54 @@ def test_a_restarted_server_is_resynced_only_when_its_snapshot_is_older_than_the
     engine._last_pushed = {"w": torch.ones(1)}
     engine._after_restart(None)
     assert calls[-1] == ("dict", 5, True)
+
+
+def test_each_node_launches_the_servers_it_hosts(monkeypatch, tmp_path):
+    """Node 1's local rank 0 starts node 1's slots (never node 0's: rank 0's pool does those)."""
+    from recast_mcore.rollout import server as server_mod
+    from recast_mcore.trainer import weights
+
+    started = []
+
+    class Stub:
+        def __init__(self, cfg, model_dir, log_path, port, version, *, api_key, slot, memory_saver):
+            self.slot, self.url, self.key = slot, f"http://10.0.0.2:{30000 + slot.index}", api_key
+
+        def start(self):
+            started.append((self.slot.node, self.slot.base_gpu_id, self.key))
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr(server_mod, "LaunchedServer", Stub)
+    monkeypatch.setenv("GROUP_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    slots = plan_servers(ClusterLayout(2, 8, 8), PlacementConfig(mode="colocated", gpus_per_server=4), 0)
+    urls = weights.launch_node_servers(RolloutConfig(), slots, "/m", 0, "KEY", tmp_path)
+    assert started == [(1, 0, "KEY"), (1, 4, "KEY")]
+    assert urls == ["http://10.0.0.2:30002", "http://10.0.0.2:30003"]
+    monkeypatch.setenv("LOCAL_RANK", "3")  # other local ranks of the node launch nothing
+    started.clear()
+    assert weights.launch_node_servers(RolloutConfig(), slots, "/m", 0, "KEY", tmp_path) == [] and started == []
+
+
+def test_default_group_store_listens_on_master_addr_only(tmp_path):
+    """Ranks started without torchrun's agent: rank 0's store socket is bound to MASTER_ADDR, not 0.0.0.0."""
+    script = (
+        "import os, psutil, datetime\n"
+        "from recast_mcore.actor.parallel import init_default_group\n"
+        "init_default_group('gloo', datetime.timedelta(seconds=30))\n"
+        "port = int(os.environ['MASTER_PORT'])\n"
+        "print([c.laddr.ip for c in psutil.Process().net_connections('tcp') if c.status == 'LISTEN' and c.laddr.port == port])\n"
+    )
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "TORCHELASTIC_USE_AGENT_STORE"}
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               PYTHONPATH=os.getcwd(), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "['127.0.0.1']"
