@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -243,6 +244,7 @@ class _Recorder:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         calls = self.calls = []
+        recorder, self.answer = self, {}
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -263,7 +265,7 @@ class _Recorder:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n)) if n else None
                 calls.append(("POST", self.path, self.headers.get("Authorization"), body))
-                self._answer({"success": True})
+                self._answer(recorder.answer.get(self.path, {"success": True}))
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -288,7 +290,7 @@ def test_coordinator_pauses_versions_only_at_commit_and_labels_a_failed_sync_par
         pool = ServerPool(cfg, "", 0, current_weights=lambda: ("", 0), after_restart=lambda c: None, api_key="K1")
         coord = SyncCoordinator(pool, cfg, WeightSyncConfig(method="tensor"), api_key="K1",
                                 initial_model_dir=str(tmp_path / "hf"), work_dir=tmp_path, group_backend="gloo")
-        assert coord.tp_sizes == [2]
+        assert coord.tp_size(0) == 2
         target = coord.begin(5)
         assert target.endpoints[0].tp_size == 2 and target.shapes == {"w": (2, 2)} and target.api_key == "K1"
         assert fake.posts() == ["/pause_generation", "/begin_weight_update"]
@@ -316,6 +318,7 @@ def test_a_restarted_server_is_resynced_only_when_its_snapshot_is_older_than_the
     engine = object.__new__(SGLangRolloutEngine)  # only the restart decision, no servers
     engine.syncs = SimpleNamespace(group_epoch=0)
     engine._last_pushed, engine.policy_version, engine._model_path_version = None, 4, 4
+    engine._recovering = False
     calls = []
     engine.resync = lambda: calls.append("resync")
     engine._after_restart(None)  # disk sync: the snapshot it loaded is the policy
@@ -328,6 +331,119 @@ def test_a_restarted_server_is_resynced_only_when_its_snapshot_is_older_than_the
     engine._last_pushed = {"w": torch.ones(1)}
     engine._after_restart(None)
     assert calls[-1] == ("dict", 5, True)
+
+
+class _FlakyEngine:
+    """Rank 0's engine as trainer/weights.sync_weights sees it: ``fail`` = the errors the next attempts raise
+    (at begin_sync), then success; records every call."""
+
+    def __init__(self, fail, max_retries=2):
+        self.fail, self.calls, self.policy_version = list(fail), [], 3
+        self.server_cfg = SGLangServerConfig(max_retries=max_retries)
+
+    def check_sync_version(self, version, *, resync):
+        self.calls.append(("check", version))
+
+    def begin_sync(self, version, *, resync=False):
+        self.calls.append(("begin", version))
+        if self.fail:
+            raise self.fail.pop(0)
+        return SyncTarget(method="disk", version=version, endpoints=[], bucket_bytes=1 << 20, dtype="float32",
+                          shapes={}, request_timeout_s=5.0, snapshot_dir="")
+
+    def fail_sync(self, target, message):
+        self.calls.append(("fail", target.version))
+
+    def finish_sync(self, target, pushed):
+        self.calls.append(("finish", target.version))
+        self.policy_version = target.version
+
+    def recover_servers(self, *, restart_all):
+        self.calls.append(("recover", restart_all))
+
+
+class _NoWeights:
+    """An actor with nothing to export (one pipeline stage)."""
+
+    pipeline_stages, pipeline_stage = 1, 0
+
+    def export_buckets(self, bucket_bytes, dtype):
+        return iter(())
+
+
+@pytest.mark.parametrize("failures", [1, 3, 4])
+def test_a_failed_sync_is_retried_then_every_launched_server_restarted(failures):
+    """The streamed sync keeps the pool's rule for a failed weight update (issue-10): max_retries (2) retries with
+    only dead servers restarted in between, then every launched server restarted and one last attempt; still
+    failing -> a clear error (world size 1: the same code every rank runs)."""
+    from recast_mcore.rollout.client import ServerUnavailable
+    from recast_mcore.trainer.weights import sync_weights
+
+    engine = _FlakyEngine([ServerUnavailable("s0: HTTP 500")] * failures)
+    if failures == 4:
+        with pytest.raises(RuntimeError, match="failed after 4 attempts: rank 0 could not open the sync: ServerUnavailable"):
+            sync_weights(engine, _NoWeights(), 4)
+    else:
+        sync_weights(engine, _NoWeights(), 4)
+        assert engine.policy_version == 4 and engine.calls[-1] == ("finish", 4)
+    recovers = [c[1] for c in engine.calls if c[0] == "recover"]
+    assert recovers == [False, False, True][: min(failures, 3)]
+    assert sum(c[0] == "begin" for c in engine.calls) == min(failures + 1, 4)
+
+
+def test_a_layout_mismatch_is_never_retried():
+    from recast_mcore.rollout.weight_sync import LayoutMismatch
+    from recast_mcore.trainer.weights import sync_weights
+
+    engine = _FlakyEngine([])
+    engine.finish_sync = lambda target, pushed: (_ for _ in ()).throw(LayoutMismatch("weight sync incomplete: missing ['w']"))
+    with pytest.raises(RuntimeError, match="not retried.*missing"):
+        sync_weights(engine, _NoWeights(), 4)
+    assert [c for c in engine.calls if c[0] in ("begin", "recover")] == [("begin", 4)]
+
+
+def test_disk_commit_loads_through_the_pool_and_restarts_a_failing_server_from_the_new_snapshot(tmp_path):
+    """A server that answers /update_weights_from_disk with success: false on every try is restarted by the pool
+    (retry, then restart) from the snapshot being committed (on_snapshot ran first), never skipped."""
+    from safetensors.torch import save_file
+
+    from recast_mcore.config.rollout import WeightSyncConfig
+    from recast_mcore.rollout.pool import ServerPool
+    from recast_mcore.rollout.sync_coordinator import SyncCoordinator
+
+    fake = _Recorder()
+    try:
+        (tmp_path / "hf").mkdir()
+        (tmp_path / "hf" / "config.json").write_text("{}")
+        save_file({"w": torch.ones(2, 2)}, str(tmp_path / "hf" / "model.safetensors"))
+        current = {"path": str(tmp_path / "hf"), "version": 0}
+        cfg = SGLangServerConfig(mode="attach", urls=[fake.url], request_timeout_s=5, max_retries=1)
+        restarted = []
+        pool = ServerPool(cfg, "", 0, current_weights=lambda: (current["path"], current["version"]),
+                          after_restart=lambda c: restarted.append(c.url))
+
+        class Stub:  # the pool's launched-server interface
+            log_path = tmp_path / "log"
+
+            def is_running(self):
+                return True
+
+            def restart(self, path, version):
+                restarted.append((path, version))
+
+        pool.servers[0] = Stub()
+        fake.answer = {"/update_weights_from_disk": {"success": False, "message": "boom"}}
+        coord = SyncCoordinator(pool, cfg, WeightSyncConfig(method="disk", sync_dir=str(tmp_path / "w")), api_key="",
+                                initial_model_dir=str(tmp_path / "hf"), work_dir=tmp_path, group_backend="gloo")
+        target = coord.begin(1)
+        save_file({"w": torch.zeros(2, 2)}, str(Path(target.snapshot_dir) / "s.safetensors"))
+        coord.commit(target, [{"w": "s.safetensors"}], on_snapshot=lambda d: current.update(path=d, version=1))
+        snapshot = str(tmp_path / "w" / "v00000001")
+        assert fake.posts().count("/update_weights_from_disk") == 2  # tried + retried once (max_retries 1)
+        assert restarted == [(snapshot, 1), fake.url] and pool.restarts == 1  # from the NEW snapshot
+        assert fake.posts()[-1] == "/continue_generation"
+    finally:
+        fake.server.shutdown()
 
 
 def test_each_node_launches_the_servers_it_hosts(monkeypatch, tmp_path):

@@ -208,9 +208,16 @@ class ServerPool:
             raise ServerUnavailable(f"the only attached SGLang server {client.url} stopped answering /health")
         if server.is_running() and client.healthy():
             return  # transient (e.g. a slow request); the retry goes to the same healthy server
+        self.restart(ep, "is dead or hung")
+
+    def restart(self, ep: int, why: str) -> None:
+        """Restart launched server ``ep`` from ``current_weights()`` and hand it to ``after_restart``."""
+        server, client = self.servers[ep], self.clients[ep]
+        if server is None:
+            raise ValueError(f"SGLang server {client.url} was not launched here and cannot be restarted")
         self.had_failure = True
         model_path, version = self.current_weights()
-        log.warning("SGLang server %s is dead or hung; restarting from %s (weight version %d)", client.url, model_path, version)
+        log.warning("SGLang server %s %s; restarting from %s (weight version %d)", client.url, why, model_path, version)
         server.restart(model_path, version)
         self.restarts += 1
         self.after_restart(client)
@@ -247,13 +254,7 @@ class ServerPool:
                 self.live.remove(ep)
                 return
             raise ServerUnavailable(f"the only attached SGLang server {client.url} could not be updated: {error}") from error
-        self.had_failure = True
-        model_path, version = self.current_weights()
-        log.warning("restarting SGLang server %s from %s (weight version %d) after a failed update", client.url,
-                    model_path, version)
-        server.restart(model_path, version)
-        self.restarts += 1
-        self.after_restart(client)
+        self.restart(ep, "failed a weight update")
 
     def _tail(self, ep: int) -> str:
         server = self.router if ep == ROUTER else self.servers[ep]

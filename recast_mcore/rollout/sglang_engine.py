@@ -40,8 +40,10 @@ from recast_mcore.rollout.pool import ServerPool
 from recast_mcore.rollout.trie_processor import trie_params, trie_processor_string
 from recast_mcore.rollout.types import BeamResults, RolloutGroups
 from recast_mcore.rollout.placement import ServerSlot
-from recast_mcore.rollout.sync_coordinator import SyncCoordinator
-from recast_mcore.rollout.weight_sync import SyncTarget, check_matches_template, dict_buckets, open_sender
+from recast_mcore.rollout.sync_coordinator import SyncCoordinator, retry_plan
+from recast_mcore.rollout.weight_sync import (
+    LayoutMismatch, SyncTarget, check_matches_template, dict_buckets, open_sender,
+)
 
 
 class StaleWeightsError(RuntimeError):
@@ -72,6 +74,7 @@ class SGLangRolloutEngine:
         self._model_path_version = initial_version  # the version of the weights in model_path
         self._last_pushed: dict[str, torch.Tensor] | None = None  # the caller's dict of update_weights (not a copy)
         self.memory_released = False  # colocated: release_memory() was called and not yet fully resumed
+        self._recovering = False  # recover_servers() is restarting servers (a sync retry follows)
         self.resync: Callable[[], None] | None = None
         """Set by the trainer: re-sync the current weights from the actor (collective) after a server restart."""
         self.trie_path = str(catalog.save(self.work_dir / "trie"))
@@ -238,21 +241,19 @@ class SGLangRolloutEngine:
 
     def begin_sync(self, version: int, *, resync: bool = False) -> SyncTarget:
         """Open a sync to ``version`` (must increase; ``resync`` re-sends the current version)."""
-        if resync and version != self.policy_version:
-            raise ValueError(f"a resync re-sends the current version {self.policy_version}, got {version}")
-        if not resync and version <= self.policy_version:
-            raise ValueError(f"weight version must increase: {version} <= current {self.policy_version}")
+        self.check_sync_version(version, resync=resync)
         return self.syncs.begin(version)
 
     def finish_sync(self, target: SyncTarget, pushed: list[dict[str, str]]) -> None:
         """Commit a sync: every tensor arrived (``pushed``: each stage's ``{name: file}``); serve its version."""
+        def serve_from(snapshot: str) -> None:  # a server restarted from here on loads the new snapshot
+            self.model_path, self._model_path_version = snapshot, target.version
+
         try:
-            snapshot = self.syncs.commit(target, pushed)
+            self.syncs.commit(target, pushed, on_snapshot=serve_from)
         except Exception as exc:
             self.fail_sync(target, str(exc))
             raise
-        if snapshot is not None:
-            self.model_path, self._model_path_version = snapshot, target.version
         self.policy_version = target.version
 
     def fail_sync(self, target: SyncTarget, message: str) -> None:
@@ -268,6 +269,21 @@ class SGLangRolloutEngine:
         self._last_pushed = None if self.sync_cfg.method == "disk" else hf_state_dict
 
     def _push_dict(self, hf_state_dict: dict[str, torch.Tensor], version: int, *, resync: bool) -> None:
+        """With the trainer's retries (sync_coordinator.retry_plan; a layout mismatch is never retried)."""
+        self.check_sync_version(version, resync=resync)
+        plan, error = retry_plan(self.server_cfg.max_retries), None
+        for step in plan:
+            if error is not None:
+                self.recover_servers(restart_all=step == "restart_all")
+            try:
+                return self._push_dict_once(hf_state_dict, version, resync=resync)
+            except LayoutMismatch:
+                raise
+            except Exception as exc:  # noqa: BLE001  (retried, then raised below)
+                error = exc
+        raise RuntimeError(f"weight sync to version {version} failed after {len(plan)} attempts: {error}") from error
+
+    def _push_dict_once(self, hf_state_dict: dict[str, torch.Tensor], version: int, *, resync: bool) -> None:
         target = self.begin_sync(version, resync=resync)
         try:
             sender = open_sender(target, stage=0)
@@ -285,12 +301,36 @@ class SGLangRolloutEngine:
         trainer's ``resync``, or the dict last passed to ``update_weights``); with neither, its samples carry
         the old version and are rejected as stale."""
         self.syncs.group_epoch += 1  # its side of every weight-update group died with it
-        if self._model_path_version == self.policy_version:
-            return
+        if self._model_path_version >= self.policy_version or self._recovering:
+            return  # it loaded the current (or the committing disk sync's) weights; or a sync retry follows
         if self.resync is not None:
             self.resync()
         elif self._last_pushed is not None:
             self._push_dict(self._last_pushed, self.policy_version, resync=True)
+
+    def check_sync_version(self, version: int, *, resync: bool) -> None:
+        """Raise a ValueError unless ``version`` may be synced now (increasing; a resync re-sends the current one)."""
+        if resync and version != self.policy_version:
+            raise ValueError(f"a resync re-sends the current version {self.policy_version}, got {version}")
+        if not resync and version <= self.policy_version:
+            raise ValueError(f"weight version must increase: {version} <= current {self.policy_version}")
+
+    def recover_servers(self, *, restart_all: bool) -> int:
+        """After a failed sync, before the next attempt (trainer/weights.sync_weights): restart launched servers
+        that died or stopped answering (``restart_all``: every launched server, as the pool does after a weight
+        update failed ``max_retries + 1`` times on a healthy one); attached ones that stopped answering leave
+        rotation (raises if none is left). No resync here: the next attempt sends the weights. Returns restarts."""
+        before = self.pool.restarts
+        self._recovering = True
+        try:
+            for ep in list(self.pool.live):
+                if restart_all and self.pool.servers[ep] is not None:
+                    self.pool.restart(ep, "kept failing weight syncs")
+                else:
+                    self.pool.recover(ep)
+        finally:
+            self._recovering = False
+        return self.pool.restarts - before
 
     def release_memory(self) -> None:
         """Colocated servers: free their GPU memory (weights, KV cache, CUDA graphs) while the actor works."""

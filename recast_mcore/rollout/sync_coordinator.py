@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Callable
 
 from recast_mcore.config.rollout import SGLangServerConfig, WeightSyncConfig
 from recast_mcore.rollout.client import SGLangClient
@@ -23,6 +24,13 @@ from recast_mcore.rollout.sync_disk import finalize_snapshot
 from recast_mcore.rollout.weight_sync import (
     ServerEndpoint, SyncTarget, check_complete, expect_success, template_shapes,
 )
+
+
+def retry_plan(max_retries: int) -> list[str]:
+    """The attempts of one weight sync, as the pool treats a failed weight update (rollout/pool.py): a first try,
+    ``max_retries`` retries after restarting only servers that died or stopped answering ("recover"), then
+    one last try after restarting every launched server ("restart_all"; attached servers cannot be)."""
+    return ["first"] + ["recover"] * max_retries + ["restart_all"]
 
 
 def server_tp_size(client: SGLangClient) -> int:
@@ -81,20 +89,31 @@ class SyncCoordinator:
         if method == "disk":
             shutil.rmtree(target.snapshot_dir, ignore_errors=True)
             Path(target.snapshot_dir).mkdir(parents=True)
-        self._each(lambda c: c.post("/pause_generation", {"mode": "abort"}))
-        if method != "disk":
-            self._each(lambda c: expect_success(c.post("/begin_weight_update", {}), c, "begin_weight_update"))
+        try:
+            self._each(lambda c: c.post("/pause_generation", {"mode": "abort"}))
+            if method != "disk":
+                self._each(lambda c: expect_success(c.post("/begin_weight_update", {}), c, "begin_weight_update"))
+        except Exception as exc:
+            self.abort(target, str(exc))  # servers that were paused / opened a session are released
+            raise
         self.active = target
         return target
 
-    def commit(self, target: SyncTarget, pushed: list[dict[str, str]]) -> str | None:
-        """Serve ``target.version``; returns the new snapshot directory for disk sync (None otherwise)."""
+    def commit(self, target: SyncTarget, pushed: list[dict[str, str]],
+               on_snapshot: Callable[[str], None] | None = None) -> str | None:
+        """Serve ``target.version``; returns the new snapshot directory for disk sync (None otherwise).
+
+        disk: ``on_snapshot(dir)`` runs once the snapshot is complete, before any server loads it (the engine
+        then restarts servers from it); the loads go through ``pool.broadcast``: a failed load is retried while
+        the server answers /health, then the server is restarted from the new snapshot (rollout/pool.py)."""
         weight_map = check_complete(pushed, target.shapes)
         version, snapshot = str(target.version), None
         if target.method == "disk":
             snapshot = str(finalize_snapshot(Path(target.snapshot_dir), self._snapshot_path(target.version), weight_map,
                                              template_dir=Path(self.initial_model_dir)))
-            self._each(lambda c: c.update_weights_from_disk(snapshot, target.version))
+            if on_snapshot is not None:
+                on_snapshot(snapshot)
+            self.pool.broadcast(lambda c: c.update_weights_from_disk(snapshot, target.version))
             self._prune_snapshots()
         else:
             self._each(lambda c: expect_success(c.post("/end_weight_update", {}), c, "end_weight_update"))

@@ -87,6 +87,18 @@ class SyncTarget:
         return [SGLangClient(e.url, self.request_timeout_s, self.api_key) for e in self.endpoints]
 
 
+class LayoutMismatch(ValueError):
+    """The weights do not fit the served model (names, shapes, completeness): retrying cannot help."""
+
+
+class SyncFailed(RuntimeError):
+    """A streamed sync failed on some rank (raised on every rank); ``retryable`` is False for a layout mismatch."""
+
+    def __init__(self, message: str, *, retryable: bool):
+        super().__init__(message)
+        self.retryable = retryable
+
+
 class StageSender(Protocol):
     """Pushes the buckets of one pipeline stage (on that stage's source rank)."""
 
@@ -131,7 +143,7 @@ def check_bucket(tensors: NamedTensors, shapes: dict[str, tuple[int, ...]]) -> N
     """Raise a ValueError naming unknown tensors and wrong shapes (SGLang would crash on them)."""
     unexpected, wrong = _layout_errors(tensors, shapes)
     if unexpected or wrong:
-        raise ValueError(f"new weights do not match the served model's layout: unexpected {unexpected[:5]}, "
+        raise LayoutMismatch(f"new weights do not match the served model's layout: unexpected {unexpected[:5]}, "
                          f"wrong shapes {wrong[:5]}")
 
 
@@ -146,7 +158,7 @@ def check_complete(pushed: list[dict[str, str]], shapes: dict[str, tuple[int, ..
             merged[name] = file
     missing = sorted(set(shapes) - set(merged))
     if missing or dup:
-        raise ValueError(f"weight sync incomplete: missing {missing[:5]} ({len(missing)} in all), sent twice {dup[:5]}")
+        raise LayoutMismatch(f"weight sync incomplete: missing {missing[:5]} ({len(missing)} in all), sent twice {dup[:5]}")
     return merged
 
 
@@ -195,7 +207,7 @@ def check_matches_template(hf_state_dict: dict[str, torch.Tensor], shapes: dict[
     unexpected, wrong = _layout_errors(list(hf_state_dict.items()), shapes)
     missing = sorted(set(shapes) - set(hf_state_dict))
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise LayoutMismatch(
             "new weights do not match the served model's layout: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}"
         )

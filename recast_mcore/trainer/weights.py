@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from recast_mcore.config.rollout import RolloutConfig
 from recast_mcore.data.tokens import ItemVocab
 from recast_mcore.rollout.base import EngineResources, RolloutEngine, build_rollout_engine
 from recast_mcore.rollout.catalog import ItemCatalog
-from recast_mcore.rollout.weight_sync import SyncTarget, open_sender
-from recast_mcore.utils.dist import all_gather_object, all_ok, barrier, broadcast_object, is_rank0, rank
+from recast_mcore.rollout.weight_sync import LayoutMismatch, SyncFailed, SyncTarget, open_sender
+from recast_mcore.utils.dist import all_gather_object, barrier, broadcast_object, is_rank0, rank
+
+log = logging.getLogger(__name__)
 
 
 # ---- streaming ---------------------------------------------------------------------------------------
@@ -36,22 +39,24 @@ def stream_weights(actor: Any, target: SyncTarget) -> list[dict[str, str]]:
     (on every rank). Stages take turns when the target needs it (one weight update at a time per server).
     A failure on any rank raises on every rank (after every rank finished its collectives)."""
     turns = range(actor.pipeline_stages) if target.serial_stages else [None]
-    pushed, error = {}, ""
+    pushed, error, retryable = {}, "", True
     for turn in turns:
         if turn is None or turn == actor.pipeline_stage:
-            pushed, error = _push_stage(actor, target)
+            pushed, error, retryable = _push_stage(actor, target)
         if turn is not None:
             barrier()
-    results = all_gather_object((pushed, error))
-    errors = [e for _, e in results if e]
+    results = all_gather_object((pushed, error, retryable))
+    errors = [(e, r) for _, e, r in results if e]
     if errors:
-        raise RuntimeError(f"weight sync to version {target.version} failed: {errors[0]}")
-    return [p for p, _ in results if p]
+        raise SyncFailed(f"weight sync to version {target.version} failed: {errors[0][0]}",
+                         retryable=all(r for _, r in errors))
+    return [p for p, _, _ in results if p]
 
 
-def _push_stage(actor: Any, target: SyncTarget) -> tuple[dict[str, str], str]:
-    """This rank's part: join the export's collectives; on the stage source, push every bucket."""
-    sender, error = None, ""
+def _push_stage(actor: Any, target: SyncTarget) -> tuple[dict[str, str], str, bool]:
+    """This rank's part: join the export's collectives; on the stage source, push every bucket.
+    Returns ``(pushed, error, retryable)``."""
+    sender, error, retryable = None, "", True
     for bucket in actor.export_buckets(target.bucket_bytes, target.torch_dtype):
         if not error:  # after a failure keep draining: the TP peers are inside the all-gathers
             try:
@@ -59,35 +64,82 @@ def _push_stage(actor: Any, target: SyncTarget) -> tuple[dict[str, str], str]:
                 sender.push(bucket.index, bucket.tensors)
             except Exception as exc:  # noqa: BLE001  (reported to every rank by stream_weights)
                 error = f"rank {rank()} (stage {bucket.stage}, bucket {bucket.index}): {type(exc).__name__}: {exc}"
+                retryable = not isinstance(exc, LayoutMismatch)
         del bucket
-    return ({} if sender is None or error else sender.close()), error
+    return ({} if sender is None or error else sender.close()), error, retryable
 
 
 def sync_weights(engine: Any, actor: Any, version: int, *, resync: bool = False) -> None:
-    """Collective: serve the actor's current weights as ``version`` (``engine`` on rank 0, None elsewhere)."""
+    """Collective: serve the actor's current weights as ``version`` (``engine`` on rank 0, None elsewhere).
+
+    A failed attempt (any server, any rank; every rank learns it) is retried the way the pool retries a weight
+    update (rollout/sync_coordinator.retry_plan): ``sglang.max_retries`` more times, restarting launched servers
+    that died or stopped answering in between, then once more after restarting every launched server; still
+    failing -> RuntimeError on every rank. A server restarted here gets its weights from the next attempt."""
+    from recast_mcore.rollout.sync_coordinator import retry_plan
+
+    plan: Any = None
+    if engine is not None:
+        try:
+            engine.check_sync_version(version, resync=resync)
+            plan = retry_plan(engine.server_cfg.max_retries)
+        except Exception as exc:  # noqa: BLE001  (every rank raises below)
+            plan = f"{type(exc).__name__}: {exc}"
+    plan = broadcast_object(plan)
+    if isinstance(plan, str):
+        raise RuntimeError(f"weight sync to version {version}: {plan}")
+    error = ""
+    for step in plan:
+        if error:
+            recovery = _recover(engine, restart_all=step == "restart_all", error=error)
+            if recovery:
+                raise RuntimeError(f"weight sync to version {version} failed ({error}); recovery failed: {recovery}")
+        error, retryable = _sync_once(engine, actor, version, resync=resync)
+        if not error:
+            return
+        if not retryable:
+            raise RuntimeError(f"weight sync to version {version} failed (not retried): {error}")
+    raise RuntimeError(f"weight sync to version {version} failed after {len(plan)} attempts: {error}")
+
+
+def _recover(engine: Any, *, restart_all: bool, error: str) -> str:
+    """Rank 0 restarts servers between attempts (engine.recover_servers); '' or its error, on every rank."""
+    message = ""
+    if engine is not None:
+        log.warning("weight sync failed (%s); %s before the next attempt", error,
+                    "restarting every launched server" if restart_all else "restarting dead servers")
+        try:
+            engine.recover_servers(restart_all=restart_all)
+        except Exception as exc:  # noqa: BLE001  (reported on every rank)
+            message = f"{type(exc).__name__}: {exc}"
+    return broadcast_object(message)
+
+
+def _sync_once(engine: Any, actor: Any, version: int, *, resync: bool) -> tuple[str, bool]:
+    """One attempt: open (rank 0), stream (every stage source), commit (rank 0).
+    ``('', True)`` or ``(error, retryable)``, the same on every rank."""
     target: Any = None
     if engine is not None:
         try:
             target = engine.begin_sync(version, resync=resync)
-        except Exception as exc:  # noqa: BLE001  (every rank raises below)
-            target = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001
+            target = f"rank 0 could not open the sync: {type(exc).__name__}: {exc}"
     target = broadcast_object(target)
     if isinstance(target, str):
-        raise RuntimeError(f"rank 0 could not open the weight sync to version {version}: {target}")
+        return target, True
     try:
         pushed = stream_weights(actor, target)
-    except Exception as exc:
+    except SyncFailed as exc:  # raised on every rank by stream_weights
         if engine is not None:
             engine.fail_sync(target, str(exc))
-        raise
-    committed, message = True, ""
+        return str(exc), exc.retryable
+    outcome = ("", True)
     if engine is not None:
         try:
             engine.finish_sync(target, pushed)
         except Exception as exc:  # noqa: BLE001
-            committed, message = False, f"{type(exc).__name__}: {exc}"
-    if not all_ok(committed):
-        raise RuntimeError(f"weight sync to version {version} could not be committed on rank 0: {message}")
+            outcome = (f"rank 0 could not commit: {type(exc).__name__}: {exc}", not isinstance(exc, LayoutMismatch))
+    return broadcast_object(outcome)
 
 
 # ---- building the engine --------------------------------------------------------------------------------
