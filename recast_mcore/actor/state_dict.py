@@ -61,7 +61,7 @@ def _tp_gather(name: str, p: torch.nn.Parameter, value: torch.Tensor, *, to_firs
     if p.partition_dim == 0:  # gathered straight into the full tensor: no second copy
         full = value.new_empty((tp * value.shape[0], *value.shape[1:])) if receives else None
         if to_first:
-            dist.gather(value.contiguous(), list(full.chunk(tp)) if receives else None, dst=dst, group=group)
+            _gather_to_first(value.contiguous(), list(full.chunk(tp)) if receives else None, dst, group)
         else:
             dist.all_gather_into_tensor(full, value.contiguous(), group=group)
         if full is None or not _is_swiglu_fc1(name):
@@ -74,6 +74,24 @@ def _tp_gather(name: str, p: torch.nn.Parameter, value: torch.Tensor, *, to_firs
     else:
         dist.all_gather(shards, value.contiguous(), group=group)
     return None if shards is None else torch.cat(shards, dim=p.partition_dim)
+
+
+def _gather_to_first(value: torch.Tensor, outputs: list[torch.Tensor] | None, dst: int, group) -> None:
+    """``dist.gather`` of ``value`` into ``outputs`` (contiguous views of the full tensor) on group rank 0.
+
+    gloo's gather stages every input in one flat buffer of the full size before copying it out (one more copy of
+    the tensor on the receiver); point-to-point receives land in the views directly. NCCL's gather writes into
+    ``outputs`` itself and is kept."""
+    if dist.get_backend(group) != "gloo":
+        dist.gather(value, outputs, dst=dst, group=group)
+        return
+    if outputs is None:
+        dist.send(value, dst=dst, group=group)
+        return
+    works = [dist.irecv(out, src=dist.get_global_rank(group, r), group=group) for r, out in enumerate(outputs) if r > 0]
+    outputs[0].copy_(value)
+    for work in works:
+        work.wait()
 
 
 def _tp_slice(name: str, p: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:

@@ -5,19 +5,22 @@ No rank ever holds the whole model: every pipeline stage exports only its own la
 Per tensor of this rank's model chunks (global layer numbers, actor/state_dict.py):
 1. gather the TP shards to TP rank 0 within the TP group, on the tensor's device (NCCL on GPU, gloo on CPU);
 2. convert the full tensor to HF name(s) (checkpoint/hf_mapping.mcore_tensor_to_hf) and the serving dtype;
-3. append to the current bucket; a bucket is emitted before it would exceed ``bucket_bytes`` (a single
-   tensor larger than ``bucket_bytes`` forms a bucket of its own).
+3. append to the current bucket. A bucket is emitted BEFORE the gather of a tensor that would make it exceed
+   ``bucket_bytes`` (the size is known from the shard's shape), so a full bucket and the next gathered
+   tensor never coexist; a single tensor larger than ``bucket_bytes`` forms a bucket of its own.
 
 Who does what: only data-parallel replica 0 takes part (after the optimizer step every replica holds the
 same weights); inside it every TP rank sends its shards and the TP-rank-0 rank of each pipeline stage
-(the stage's *source*) receives them and the buckets. Peak extra memory on a source rank: the bucket being
-filled (<= ``bucket_bytes``, or one larger tensor) plus the full tensor being gathered (dimension-0 shards
-are gathered straight into it; dimension-1 shards and the SwiGLU regrouping need one more copy of that
-tensor), independent of the model's size. The other ranks allocate nothing.
+(the stage's *source*) receives them and the buckets. Peak extra memory on a source rank:
+``max(bucket_bytes, largest tensor)`` plus one transient copy of the tensor being gathered (dimension-0
+shards land straight in the full tensor; dimension-1 shards are concatenated, the SwiGLU halves regrouped,
+or the dtype converted: one more copy of that tensor), i.e. at most ~2 x max(bucket, largest tensor),
+independent of the model's size. The other ranks allocate nothing.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -54,6 +57,17 @@ def pipeline_stage() -> int:
     return parallel_state.get_pipeline_model_parallel_rank()
 
 
+def hf_nbytes(name: str, param: torch.nn.Parameter, tp: int, vocab_size: int, dtype: torch.dtype | None) -> int:
+    """Bytes the HF tensor(s) of one Megatron parameter take in the serving dtype (known before the gather:
+    TP shards x tp; embedding / output layer cut to ``vocab_size`` rows)."""
+    shape = list(param.shape)
+    if getattr(param, "tensor_model_parallel", False):
+        shape[param.partition_dim] *= tp
+    if name in ("embedding.word_embeddings.weight", "output_layer.weight"):
+        shape[0] = min(shape[0], vocab_size)
+    return math.prod(shape) * (dtype or param.dtype).itemsize
+
+
 def export_buckets(
     chunks: list[torch.nn.Module], model_cfg: ModelConfig, vocab_size: int, *, bucket_bytes: int,
     dtype: torch.dtype | None,
@@ -68,9 +82,14 @@ def export_buckets(
     if parallel_state.get_data_parallel_rank() != 0:
         return
     source, stage = is_stage_source(), pipeline_stage()
+    tp = parallel_state.get_tensor_model_parallel_world_size()
     bucket = Bucket(stage=stage, index=0)
     with torch.no_grad():
         for name, param in local_params(chunks, model_cfg.tie_embeddings):
+            # a full bucket goes out BEFORE the next tensor is gathered: the two never coexist
+            if source and bucket.tensors and bucket.nbytes + hf_nbytes(name, param, tp, vocab_size, dtype) > bucket_bytes:
+                yield bucket
+                bucket = Bucket(stage=stage, index=bucket.index + 1)
             full = _tp_gather(name, param, param.detach(), to_first=True)
             if not source:
                 continue
@@ -78,9 +97,6 @@ def export_buckets(
                 tensor = tensor.to(dtype or tensor.dtype).contiguous()
                 if tensor.untyped_storage().data_ptr() == param.untyped_storage().data_ptr():
                     tensor = tensor.clone()  # never hand out (a view of) the live parameter
-                if bucket.tensors and bucket.nbytes + tensor.numel() * tensor.element_size() > bucket_bytes:
-                    yield bucket
-                    bucket = Bucket(stage=stage, index=bucket.index + 1)
                 bucket.tensors.append((hf_name, tensor))
             del full
     if source and bucket.tensors:
