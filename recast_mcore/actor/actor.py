@@ -151,6 +151,14 @@ class MegatronActor:
         return parallel_state.get_data_parallel_rank()
 
     @property
+    def pipeline_stage(self) -> int:
+        return parallel_state.get_pipeline_model_parallel_rank()
+
+    @property
+    def pipeline_stages(self) -> int:
+        return parallel_state.get_pipeline_model_parallel_world_size()
+
+    @property
     def seq_multiple(self) -> int:
         """Sequence length multiple: TP size with sequence parallelism; 16 with FP8 (TE GEMM shape rule)."""
         tp = self.parallel_cfg.tensor_parallel if self.parallel_cfg.sequence_parallel else 1
@@ -358,14 +366,6 @@ class MegatronActor:
         within the TP group of DP replica 0; buckets appear on each stage's source rank only."""
         self.sync_params()
         return export_buckets(self.chunks, self.model_cfg, self.vocab_size, bucket_bytes=bucket_bytes, dtype=dtype)
-
-    @property
-    def pipeline_stage(self) -> int:
-        return parallel_state.get_pipeline_model_parallel_rank()
-
-    @property
-    def pipeline_stages(self) -> int:
-        return parallel_state.get_pipeline_model_parallel_world_size()
 
     def offload_optimizer(self) -> int:
         """Optimizer state to CPU memory (colocated rollout); returns the bytes moved (0 without CUDA)."""

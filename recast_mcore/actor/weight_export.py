@@ -97,6 +97,9 @@ def export_buckets(
                 tensor = tensor.to(dtype or tensor.dtype).contiguous()
                 if tensor.untyped_storage().data_ptr() == param.untyped_storage().data_ptr():
                     tensor = tensor.clone()  # never hand out (a view of) the live parameter
+                if bucket.tensors and bucket.nbytes + tensor.numel() * tensor.element_size() > bucket_bytes:
+                    yield bucket  # one parameter larger than a bucket (e.g. q/k/v or gate/up): a tensor per bucket
+                    bucket = Bucket(stage=stage, index=bucket.index + 1)
                 bucket.tensors.append((hf_name, tensor))
             del full
     if source and bucket.tensors:
