@@ -391,13 +391,28 @@ def test_a_failed_sync_is_retried_then_every_launched_server_restarted(failures)
     assert sum(c[0] == "begin" for c in engine.calls) == min(failures + 1, 4)
 
 
-def test_a_layout_mismatch_is_never_retried():
+def _rejected() -> Exception:
+    from recast_mcore.rollout.client import RequestRejected
+
+    try:
+        raise RequestRejected("http://s0/update_weights_from_distributed: HTTP 401: missing ['w'] key")
+    except RequestRejected as cause:  # as the distributed sender reports a server's 4xx
+        try:
+            raise RuntimeError("weight sync bucket 0 of stage 0: rejected") from cause
+        except RuntimeError as exc:
+            return exc
+
+
+@pytest.mark.parametrize("kind", ["layout", "4xx"])
+def test_a_layout_mismatch_or_a_rejected_request_is_never_retried(kind):
+    """Neither a retry nor a restart can fix them (the pool does not retry a 4xx either)."""
     from recast_mcore.rollout.weight_sync import LayoutMismatch
     from recast_mcore.trainer.weights import sync_weights
 
+    error = LayoutMismatch("weight sync incomplete: missing ['w']") if kind == "layout" else _rejected()
     engine = _FlakyEngine([])
-    engine.finish_sync = lambda target, pushed: (_ for _ in ()).throw(LayoutMismatch("weight sync incomplete: missing ['w']"))
-    with pytest.raises(RuntimeError, match="not retried.*missing"):
+    engine.finish_sync = lambda target, pushed: (_ for _ in ()).throw(error)
+    with pytest.raises(RuntimeError, match="not retried.*(missing|rejected)"):
         sync_weights(engine, _NoWeights(), 4)
     assert [c for c in engine.calls if c[0] in ("begin", "recover")] == [("begin", 4)]
 

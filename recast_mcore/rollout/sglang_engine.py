@@ -42,7 +42,7 @@ from recast_mcore.rollout.types import BeamResults, RolloutGroups
 from recast_mcore.rollout.placement import ServerSlot
 from recast_mcore.rollout.sync_coordinator import SyncCoordinator, retry_plan
 from recast_mcore.rollout.weight_sync import (
-    LayoutMismatch, SyncTarget, check_matches_template, dict_buckets, open_sender,
+    SyncTarget, check_matches_template, dict_buckets, is_retryable, open_sender,
 )
 
 
@@ -269,7 +269,7 @@ class SGLangRolloutEngine:
         self._last_pushed = None if self.sync_cfg.method == "disk" else hf_state_dict
 
     def _push_dict(self, hf_state_dict: dict[str, torch.Tensor], version: int, *, resync: bool) -> None:
-        """With the trainer's retries (sync_coordinator.retry_plan; a layout mismatch is never retried)."""
+        """With the trainer's retries (sync_coordinator.retry_plan; a layout mismatch or a 4xx is never retried)."""
         self.check_sync_version(version, resync=resync)
         plan, error = retry_plan(self.server_cfg.max_retries), None
         for step in plan:
@@ -277,9 +277,9 @@ class SGLangRolloutEngine:
                 self.recover_servers(restart_all=step == "restart_all")
             try:
                 return self._push_dict_once(hf_state_dict, version, resync=resync)
-            except LayoutMismatch:
-                raise
             except Exception as exc:  # noqa: BLE001  (retried, then raised below)
+                if not is_retryable(exc):
+                    raise
                 error = exc
         raise RuntimeError(f"weight sync to version {version} failed after {len(plan)} attempts: {error}") from error
 

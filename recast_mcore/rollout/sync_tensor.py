@@ -10,6 +10,7 @@ bucket alive until every server answered (the server copies the weights into its
 
 from __future__ import annotations
 
+from recast_mcore.rollout.client import WeightUpdateFailed
 from recast_mcore.rollout.cpu_bridge import declare_torchvision_ops_in_process
 from recast_mcore.rollout.weight_sync import NamedTensors, SyncTarget, check_bucket
 
@@ -39,7 +40,7 @@ class TensorSender:
                 "serialized_named_tensors": serialize_for_ranks(tensors, endpoint.tp_size), "flush_cache": False,
             })
             if not out.get("success", False):
-                raise RuntimeError(f"{client.url}: update_weights_from_tensor (bucket {index}) failed: {out.get('message')}")
+                raise WeightUpdateFailed(f"{client.url}: update_weights_from_tensor (bucket {index}) failed: {out.get('message')}")
         self.names.update((n, "") for n, _ in tensors)
 
     def close(self) -> dict[str, str]:

@@ -91,8 +91,21 @@ class LayoutMismatch(ValueError):
     """The weights do not fit the served model (names, shapes, completeness): retrying cannot help."""
 
 
+def is_retryable(exc: BaseException) -> bool:
+    """False when ``exc`` (or what caused it) is a layout mismatch or a 4xx rejection (``RequestRejected``: a bad
+    key, a malformed request): trying again, or restarting servers, cannot fix those (the pool's rule too)."""
+    from recast_mcore.rollout.client import RequestRejected
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (LayoutMismatch, RequestRejected)):
+            return False
+        seen = seen.__cause__
+    return True
+
+
 class SyncFailed(RuntimeError):
-    """A streamed sync failed on some rank (raised on every rank); ``retryable`` is False for a layout mismatch."""
+    """A streamed sync failed on some rank (raised on every rank); ``retryable``: see ``is_retryable``."""
 
     def __init__(self, message: str, *, retryable: bool):
         super().__init__(message)

@@ -27,7 +27,7 @@ from recast_mcore.config.rollout import RolloutConfig
 from recast_mcore.data.tokens import ItemVocab
 from recast_mcore.rollout.base import EngineResources, RolloutEngine, build_rollout_engine
 from recast_mcore.rollout.catalog import ItemCatalog
-from recast_mcore.rollout.weight_sync import LayoutMismatch, SyncFailed, SyncTarget, open_sender
+from recast_mcore.rollout.weight_sync import SyncFailed, SyncTarget, is_retryable, open_sender
 from recast_mcore.utils.dist import all_gather_object, barrier, broadcast_object, is_rank0, rank
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def _push_stage(actor: Any, target: SyncTarget) -> tuple[dict[str, str], str, bo
                 sender.push(bucket.index, bucket.tensors)
             except Exception as exc:  # noqa: BLE001  (reported to every rank by stream_weights)
                 error = f"rank {rank()} (stage {bucket.stage}, bucket {bucket.index}): {type(exc).__name__}: {exc}"
-                retryable = not isinstance(exc, LayoutMismatch)
+                retryable = is_retryable(exc)
         del bucket
     return ({} if sender is None or error else sender.close()), error, retryable
 
@@ -123,10 +123,10 @@ def _sync_once(engine: Any, actor: Any, version: int, *, resync: bool) -> tuple[
         try:
             target = engine.begin_sync(version, resync=resync)
         except Exception as exc:  # noqa: BLE001
-            target = f"rank 0 could not open the sync: {type(exc).__name__}: {exc}"
+            target = (f"rank 0 could not open the sync: {type(exc).__name__}: {exc}", is_retryable(exc))
     target = broadcast_object(target)
-    if isinstance(target, str):
-        return target, True
+    if isinstance(target, tuple):
+        return target
     try:
         pushed = stream_weights(actor, target)
     except SyncFailed as exc:  # raised on every rank by stream_weights
@@ -138,7 +138,7 @@ def _sync_once(engine: Any, actor: Any, version: int, *, resync: bool) -> tuple[
         try:
             engine.finish_sync(target, pushed)
         except Exception as exc:  # noqa: BLE001
-            outcome = (f"rank 0 could not commit: {type(exc).__name__}: {exc}", not isinstance(exc, LayoutMismatch))
+            outcome = (f"rank 0 could not commit: {type(exc).__name__}: {exc}", is_retryable(exc))
     return broadcast_object(outcome)
 
 
