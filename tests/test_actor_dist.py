@@ -88,6 +88,9 @@ def _check_layout(result: dict, *, grads: bool = True) -> None:
     assert result["ref_minus_actor"] == 0.0 and result["ref_after_updates"] == 0.0, result
     assert result["ref_logprobs"] < GRAD_TOL, result
     assert result["micro_batches"] >= 2
+    # streamed weight export (weight sync): same tensors as mcore_to_hf of the gathered model, bit for bit
+    assert result["export_keys_match"] and result["export_max_diff"] == 0.0 and result["export_disk_max_diff"] == 0.0, result
+    assert result["export_shards"] >= 2, result
 
 
 @pytest.mark.parametrize("layout,nproc", [("pp2vpp2", 2), ("tp2pp2", 4), ("dp2", 2)])

@@ -24,7 +24,7 @@ def _export(tmp_path: Path, qk: bool, tie: bool) -> dict:
         [sys.executable, str(ROOT / "tests/dist/hf_export_worker.py"), str(tmp_path), str(int(qk)), str(int(tie))],
         check=True, cwd=ROOT, timeout=300,
     )
-    return torch.load(tmp_path / "megatron.pt", weights_only=False)
+    return torch.load(tmp_path / "megatron.pt", weights_only=True)
 
 
 def test_qkv_grouping_matches_megatron_layout():

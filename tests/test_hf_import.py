@@ -139,7 +139,8 @@ def test_round_trip_export_loads_and_reimports_unchanged(imported, kind):
 
 @pytest.mark.dist
 def test_tp2_and_pp2_imports_equal_tp1(imported):
-    """One torchrun launch: Qwen3 at TP2, Llama at PP2; each rank reads only its slices; same weights, same log-probs."""
+    """One torchrun launch: Qwen3 at TP2, Llama at PP2; each rank reads only its slices; same weights, same log-probs;
+    the streamed (weight-sync) export of the expanded model equals the TP1 export."""
     root, _ = imported
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER), "layouts", str(root)]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600, start_new_session=True)
@@ -149,6 +150,10 @@ def test_tp2_and_pp2_imports_equal_tp1(imported):
         assert result["keys_equal"] and result["weights_max_diff"] == 0.0, result
         assert result["logprobs_max_diff"] <= 1e-6, result
         assert len(result["memory_per_rank"]) == 2
+        # the servers' initial directory, streamed by stage and bucket (trainer/weights.export_initial) with the
+        # expanded tokenizer: the same tensors, config and tokenizer files as the TP1 mcore_to_hf export
+        assert result["streamed_keys_equal"] and result["streamed_max_diff"] == 0.0 and result["streamed_shards"] >= 2, result
+        assert result["streamed_config_equal"] and result["streamed_files_equal"], result
 
 
 @pytest.mark.dist

@@ -1,4 +1,4 @@
-"""Against a real SGLang server on this machine: ONE launched server for the module (plus one restart).
+"""Against a real SGLang server on this machine: the session's ONE launched server (plus one restart).
 
 Reference = the tiny HF Llama the server loaded (or the weights last pushed to it) + the trie mask:
 ``log pi_c(y_t | x, y_<t)`` of docs/contracts.md, computed in fp32 with transformers.
@@ -6,7 +6,6 @@ Reference = the tiny HF Llama the server loaded (or the weights last pushed to i
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import time
 
@@ -14,12 +13,11 @@ import pytest
 import torch
 
 from recast_mcore.config.rollout import RolloutConfig, SamplingConfig, SGLangServerConfig, WeightSyncConfig
-from recast_mcore.rollout.catalog import ItemCatalog
 from recast_mcore.rollout.client import RequestRejected
 from recast_mcore.rollout.modes import roll_out
-from recast_mcore.rollout.sglang_engine import RouterUnsupportedError, SGLangRolloutEngine
+from recast_mcore.rollout.sglang_engine import SGLangRolloutEngine
 from recast_mcore.rollout.testing import (
-    constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, perturbed_state_dict, random_catalog,
+    actor_model_cfg, constrained_logprobs, exhaustive_scores, hf_logits_fn, perturbed_state_dict, random_catalog,
 )
 from recast_mcore.rollout.torch_engine import TorchRolloutEngine
 
@@ -27,35 +25,10 @@ pytestmark = pytest.mark.sglang
 TOL = 1e-4
 
 
-def _actor_model_cfg():
-    """The Megatron/HF shape of ``make_tiny_llama``'s defaults (Llama layout, untied, 512 positions)."""
-    from recast_mcore.config.actor import ModelConfig
-
-    return ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
-                       qk_layernorm=False, tie_embeddings=False, rotary_base=10000, norm_epsilon=1e-6,
-                       max_seq_len=512, init_method_std=0.2)
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sglang")
-    vocab = random_catalog(40, [6, 5, 4], seed=3)
-    catalog = ItemCatalog.from_vocab(vocab)
-    model = make_tiny_llama(root / "hf_raw", vocab.vocab_size)
-    # The server starts from the project's own export (config.json, safetensors, WordLevel tokenizer of the
-    # item tokens), exactly what the trainer hands the engine at the first launch.
-    from recast_mcore.checkpoint.hf_mapping import export_hf_dir
-
-    export_hf_dir(root / "hf", model.state_dict(), _actor_model_cfg(), vocab.token_strings,
-                  pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-    cfg = SGLangServerConfig(max_total_tokens=4096, omp_threads=1, log_dir=str(root / "logs"), request_timeout_s=60,
-                             startup_timeout_s=900)  # imports alone take minutes on this shared 2-core machine
-    engine = SGLangRolloutEngine(cfg, WeightSyncConfig(method="disk"), catalog, str(root / "hf"),
-                                 work_dir=str(root / "work"))
-    prompts = [vocab.encode_prompt([i, (3 * i) % 40, (5 * i + 1) % 40][: 1 + i % 3]) for i in range(8)]
-    state = {"vocab": vocab, "catalog": catalog, "model": model, "engine": engine, "prompts": prompts}
-    yield state
-    engine.close()
+def setup(sglang_setup):
+    """The session's launched server (tests/conftest.py), shared with tests/test_weight_sync_sglang.py."""
+    return sglang_setup
 
 
 def _check_groups_against_reference(state, groups, g):
@@ -157,7 +130,7 @@ def _actor_worker(out: str) -> None:
 
     out = Path(out)
     vocab = random_catalog(40, [6, 5, 4], seed=3)
-    model_cfg = _actor_model_cfg()
+    model_cfg = actor_model_cfg()
     parallel_cfg = ParallelConfig()
     initialize_distributed(parallel_cfg)
     trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)
@@ -247,7 +220,7 @@ def test_attach_mode_uses_a_running_server(setup, tmp_path):
     cfg = SGLangServerConfig(mode="attach", urls=[engine.pool.clients[0].url], request_timeout_s=60)
     version = engine.policy_version
     attached = SGLangRolloutEngine(cfg, WeightSyncConfig(), setup["catalog"], engine.model_path,
-                                   work_dir=str(tmp_path), initial_version=version)
+                                   work_dir=str(tmp_path), initial_version=version, api_key=engine._api_key)
     try:
         groups = attached.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=2))
         assert groups.policy_version == version
@@ -257,16 +230,16 @@ def test_attach_mode_uses_a_running_server(setup, tmp_path):
     assert engine.pool.servers[0].is_running()  # closing an attached engine leaves the server alone
 
 
-@pytest.mark.skipif(importlib.util.find_spec("sglang_router") is None, reason="sglang-router not installed")
-def test_router_in_front_of_the_server_is_refused_because_it_drops_the_trie_params(setup, tmp_path):
-    """sglang-router 0.3.2 (real) in front of the fixture's server: it forwards /generate without
-    ``sampling_params.custom_params``, so the trie processor never sees the request (measured: unconstrained,
-    non-item samples through it). The engine's check refuses the router with a clear error; the server is left
-    running and serving."""
+def test_router_is_refused_in_front_of_keyed_servers(setup, tmp_path, monkeypatch):
+    """Launched servers require the run's API key (docs/rollout.md "Locked-down servers"); sglang-router could only
+    reach them with the key on its command line, so ``use_router`` with a key is refused with a clear error
+    before anything starts, and the server keeps serving. (The router also drops the trie params:
+    tests/test_rollout_router.py shows it with a real router in front of a fake worker.)"""
     engine = setup["engine"]
+    monkeypatch.setenv("RECAST_TEST_ROUTER_KEY", engine._api_key)
     cfg = SGLangServerConfig(mode="attach", urls=[engine.pool.clients[0].url], request_timeout_s=60, use_router=True,
-                             log_dir=str(tmp_path / "logs"))
-    with pytest.raises(RouterUnsupportedError, match="custom_params"):
+                             api_key_env="RECAST_TEST_ROUTER_KEY", log_dir=str(tmp_path / "logs"))
+    with pytest.raises(ValueError, match="use_router: the servers require an API key"):
         SGLangRolloutEngine(cfg, WeightSyncConfig(), setup["catalog"], engine.model_path,
                             work_dir=str(tmp_path / "w"), initial_version=engine.policy_version)
     groups = engine.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=2))

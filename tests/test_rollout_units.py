@@ -292,13 +292,17 @@ def test_a_sample_from_another_weight_version_is_rejected():
 
 
 def test_weights_that_do_not_fit_the_served_model_are_rejected_before_sync(tmp_path, model):
-    from recast_mcore.rollout.weight_sync import check_matches_template, template_shapes, write_snapshot
+    from recast_mcore.rollout.sync_disk import finalize_snapshot, write_shard
+    from recast_mcore.rollout.weight_sync import check_matches_template, template_shapes
 
     model.save_pretrained(str(tmp_path / "hf"))
     shapes = template_shapes(tmp_path / "hf")
     good = {k: v.clone() for k, v in model.state_dict().items()}
     check_matches_template(good, shapes)
-    snap = write_snapshot(good, tmp_path / "hf", tmp_path / "v1")
+    (tmp_path / "v1.tmp").mkdir()
+    write_shard(tmp_path / "v1.tmp", "model-s000-b00000.safetensors", list(good.items()))
+    snap = finalize_snapshot(tmp_path / "v1.tmp", tmp_path / "v1", {k: "model-s000-b00000.safetensors" for k in good},
+                             template_dir=tmp_path / "hf")
     assert (snap / "config.json").is_file() and template_shapes(snap) == shapes
     bad = dict(good)
     bad["lm_head.weight"] = bad["lm_head.weight"][:-1]

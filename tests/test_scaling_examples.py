@@ -39,8 +39,10 @@ def test_gpu_sizes_are_the_hf_checkpoints_and_differ_only_in_size():
         out = {k: v for k, v in cfg.items() if k not in SIZE_DEPENDENT}
         out["sft"] = {k: v for k, v in cfg["sft"].items() if k != "init_checkpoint"}
         out["data"] = {**cfg["data"], "prompt": {k: v for k, v in cfg["data"]["prompt"].items() if k != "tokenizer_dir"}}
-        out["rollout"] = {**cfg["rollout"], "sglang": {k: v for k, v in cfg["rollout"]["sglang"].items() if k != "num_servers"},
-                          "weight_sync": None}
+        # server count, GPUs per server and (multi-node: the node's address + key) follow the layout
+        network = ("num_servers", "host", "allow_non_loopback", "api_key_env")
+        out["rollout"] = {**cfg["rollout"], "sglang": {k: v for k, v in cfg["rollout"]["sglang"].items() if k not in network},
+                          "weight_sync": None, "placement": None}
         return out
     first, *rest = (common(c) for c in configs.values())
     assert all(r == first for r in rest)

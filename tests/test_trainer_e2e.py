@@ -212,11 +212,14 @@ def test_recast_eval_cli_matches_the_runs_last_eval(workdir, recast_run):
 @pytest.mark.sglang
 def test_two_ranks_with_sglang_rollout(workdir):
     """torchrun, 2 ranks (DP=2): rank 0 launches SGLang and rolls out, ReCast anchors are scored by both ranks
-    (collective actor.logprobs), the UpdateBatch is broadcast, weights reach the server through disk sync."""
+    (collective actor.logprobs), the UpdateBatch is broadcast over the control plane, the initial model is
+    exported as shards and every update streams to the server through its weight-update group (distributed
+    sync, gloo), with the colocated release/resume calls around each update."""
     config = _config(workdir, "dp2_sglang", rollout={
         "engine": "sglang", "sampling": {"group_size": 4},
         "sglang": {"max_total_tokens": 2048, "omp_threads": 1, "log_dir": str(workdir / "sglang_logs")},
-        "weight_sync": {"method": "disk"},
+        "weight_sync": {"method": "distributed", "bucket_mb": 0.01},
+        "placement": {"mode": "colocated", "release_memory": True},
     })
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "recast_mcore.trainer.cli", "--config", str(config)]

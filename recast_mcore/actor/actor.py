@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,11 @@ from recast_mcore.actor.instrument import UpdateTimer, update_metrics
 from recast_mcore.actor.microbatch import micro_batch_rows, plan_rows, plan_update, step_seq_len
 from recast_mcore.actor.model import build_model_chunks, use_transformer_engine
 from recast_mcore.actor.nonfinite import StepGuard
+from recast_mcore.actor.offload import move_optimizer_state
 from recast_mcore.actor.packing import pack_micro_batches, resolve_layout, sequence_lengths, thd_multiple
 from recast_mcore.actor.reference import ReferencePolicy
 from recast_mcore.actor.state_dict import gather_full, load_full
+from recast_mcore.actor.weight_export import Bucket, export_buckets
 from recast_mcore.config.actor import ModelConfig, OptimConfig, ParallelConfig
 from recast_mcore.config.train import DDP_FIXED_OPTIM_FIELDS
 from recast_mcore.data.trie import ItemTrie
@@ -146,6 +149,14 @@ class MegatronActor:
     @property
     def dp_rank(self) -> int:
         return parallel_state.get_data_parallel_rank()
+
+    @property
+    def pipeline_stage(self) -> int:
+        return parallel_state.get_pipeline_model_parallel_rank()
+
+    @property
+    def pipeline_stages(self) -> int:
+        return parallel_state.get_pipeline_model_parallel_world_size()
 
     @property
     def seq_multiple(self) -> int:
@@ -337,7 +348,9 @@ class MegatronActor:
         return out
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full TP/PP-gathered Megatron state dict (fp32, CPU) on global rank 0, None elsewhere. Collective."""
+        """Full TP/PP-gathered Megatron state dict (fp32, CPU) on global rank 0, None elsewhere. Collective.
+        For tests, tools and small models: it holds the whole model on rank 0 (weight sync streams instead,
+        see ``export_buckets``)."""
         self.sync_params()
         return gather_full(self.chunks, self.model_cfg.tie_embeddings)
 
@@ -346,6 +359,22 @@ class MegatronActor:
         if self.optim_cfg.distributed_optimizer and self.dp_size > 1:
             raise ValueError("full_grads: with the distributed optimizer main_grad is reduce-scattered over DP (each rank holds a shard)")
         return gather_full(self.chunks, self.model_cfg.tie_embeddings, value_of=lambda p: p.main_grad)
+
+    def export_buckets(self, bucket_bytes: int, dtype: torch.dtype | None) -> Iterator[Bucket]:
+        """Streamed HF-layout weights of this rank's pipeline stage (actor/weight_export.py). Every rank calls it
+        (a parameter all-gather left pending by the step is finished first); the export itself is collective
+        within the TP group of DP replica 0; buckets appear on each stage's source rank only."""
+        self.sync_params()
+        return export_buckets(self.chunks, self.model_cfg, self.vocab_size, bucket_bytes=bucket_bytes, dtype=dtype)
+
+    def offload_optimizer(self) -> int:
+        """Optimizer state to CPU memory (colocated rollout); returns the bytes moved (0 without CUDA)."""
+        return move_optimizer_state(self.optimizer, [p for c in self.chunks for p in c.parameters()], "cpu")
+
+    def restore_optimizer(self) -> int:
+        """Optimizer state back to the GPU before the update; returns the bytes moved (0 without CUDA)."""
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+        return move_optimizer_state(self.optimizer, [p for c in self.chunks for p in c.parameters()], device)
 
     def load_full_state_dict(self, full: dict[str, torch.Tensor]) -> None:
         """Load weights from a full Megatron state dict (every rank passes the same dict); refreshes the

@@ -267,7 +267,7 @@ def load(actor: "MegatronActor", directory: Path, *, load_optimizer: bool, verif
     if load_optimizer:
         actor.scheduler.load_state_dict(common["scheduler"])
     if same_layout:
-        rng = torch.load(ckpt / "rng" / f"rank_{dist.get_rank()}.pt", weights_only=False)
+        rng = torch.load(ckpt / "rng" / f"rank_{dist.get_rank()}.pt", weights_only=True)  # plain tensors only
         torch.set_rng_state(rng["cpu"])
         if torch.cuda.is_available() and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"])

@@ -2,7 +2,8 @@
 
 Launch under ``torchrun`` (single node: ``torchrun --nproc-per-node N``; multi-node: the standard
 rendezvous flags ``--nnodes --node-rank --rdzv-backend c10d --rdzv-endpoint host:port``). Without
-torchrun env vars, a world of size 1 is created on a free local port (handy for tests and tools).
+torchrun env vars, a world of size 1 is created over an in-process store (handy for tests and tools).
+Besides Megatron's groups, every rank joins the gloo control group (utils/dist.py, ``control_timeout_s``).
 
 World size = tensor_parallel * pipeline_parallel * data_parallel; the data-parallel size is derived.
 """
@@ -10,7 +11,6 @@ World size = tensor_parallel * pipeline_parallel * data_parallel; the data-paral
 from __future__ import annotations
 
 import os
-import socket
 from datetime import timedelta
 
 import torch
@@ -19,12 +19,8 @@ from megatron.core import parallel_state, tensor_parallel
 
 from recast_mcore.actor.cpu_patches import apply_cpu_patches
 from recast_mcore.config.actor import ParallelConfig
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from recast_mcore.utils.dist import destroy_control_group, init_control_group
+from recast_mcore.utils.net import bound_listen_socket
 
 
 def resolve_backend(parallel_cfg: ParallelConfig) -> str:
@@ -34,6 +30,41 @@ def resolve_backend(parallel_cfg: ParallelConfig) -> str:
     if parallel_cfg.backend == "nccl" and not torch.cuda.is_available():
         raise RuntimeError("parallel.backend=nccl needs CUDA; use gloo (or auto) on CPU")
     return parallel_cfg.backend
+
+
+def init_default_group(backend: str, timeout: timedelta) -> None:
+    """The default process group; its rendezvous store never listens on every interface.
+
+    - no torchrun variables: world size 1 over an in-process ``HashStore`` (no socket at all);
+    - under torchrun (``TORCHELASTIC_USE_AGENT_STORE=True``): the ranks are clients of the torchrun agent's
+      store (torchrun owns that socket, see docs/actor.md);
+    - ranks started by another launcher (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set): rank 0
+      hosts the store on a socket bound to ``MASTER_ADDR`` only (torch's own ``env://`` binds all interfaces).
+    """
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        store, rank, world = dist.HashStore(), 0, 1
+    elif os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
+        store, rank, world = None, None, None
+    else:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+        if rank == 0:
+            listener = bound_listen_socket(addr, port)
+            store = dist.TCPStore(addr, port, world, True, timeout, wait_for_workers=False, master_listen_fd=listener.fileno())
+            _KEEP["listener"] = listener
+        else:
+            store = dist.TCPStore(addr, port, world, False, timeout)
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    if store is None:
+        dist.init_process_group(backend=backend, timeout=timeout)
+    else:
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world, timeout=timeout)
+
+
+_KEEP: dict = {}
+"""The bound listening socket of rank 0's store (kept alive with the process group)."""
 
 
 def initialize_distributed(parallel_cfg: ParallelConfig) -> None:
@@ -47,12 +78,8 @@ def initialize_distributed(parallel_cfg: ParallelConfig) -> None:
             )
     backend = resolve_backend(parallel_cfg)
     if not dist.is_initialized():
-        if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=10))
+        init_default_group(backend, timedelta(seconds=parallel_cfg.timeout_s))
+        init_control_group(parallel_cfg.control_timeout_s)
     world = dist.get_world_size()
     model_parallel = parallel_cfg.tensor_parallel * parallel_cfg.pipeline_parallel
     if world % model_parallel:
@@ -82,8 +109,12 @@ def destroy_distributed() -> None:
     """Tear down Megatron's groups and the default process group."""
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
+    destroy_control_group()
     if dist.is_initialized():
         dist.destroy_process_group()
+    listener = _KEEP.pop("listener", None)
+    if listener is not None:
+        listener.close()
 
 
 def data_parallel_size() -> int:

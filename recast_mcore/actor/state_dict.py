@@ -49,16 +49,49 @@ def _is_swiglu_fc1(name: str) -> bool:
     return name.endswith("mlp.linear_fc1.weight")
 
 
-def _tp_gather(name: str, p: torch.nn.Parameter, value: torch.Tensor) -> torch.Tensor:
+def _tp_gather(name: str, p: torch.nn.Parameter, value: torch.Tensor, *, to_first: bool = False) -> torch.Tensor | None:
+    """The full tensor of a TP-sharded ``value`` on every TP rank (all-gather), or with ``to_first`` only on TP
+    rank 0 (a gather: the other ranks allocate nothing and get None). Non-TP tensors come back as they are."""
     tp = parallel_state.get_tensor_model_parallel_world_size()
     if tp == 1 or not getattr(p, "tensor_model_parallel", False):
         return value
-    shards = [torch.empty_like(value) for _ in range(tp)]
-    dist.all_gather(shards, value.contiguous(), group=parallel_state.get_tensor_model_parallel_group())
-    if _is_swiglu_fc1(name):
-        halves = [s.chunk(2, dim=0) for s in shards]
-        return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
-    return torch.cat(shards, dim=p.partition_dim)
+    group = parallel_state.get_tensor_model_parallel_group()
+    receives = not to_first or parallel_state.get_tensor_model_parallel_rank() == 0
+    dst = dist.get_global_rank(group, 0)
+    if p.partition_dim == 0:  # gathered straight into the full tensor: no second copy
+        full = value.new_empty((tp * value.shape[0], *value.shape[1:])) if receives else None
+        if to_first:
+            _gather_to_first(value.contiguous(), list(full.chunk(tp)) if receives else None, dst, group)
+        else:
+            dist.all_gather_into_tensor(full, value.contiguous(), group=group)
+        if full is None or not _is_swiglu_fc1(name):
+            return full
+        # rank r holds [gate_r; up_r]: regroup to [gate_0..gate_{tp-1}; up_0..up_{tp-1}]
+        return full.view(tp, 2, value.shape[0] // 2, *value.shape[1:]).transpose(0, 1).reshape(full.shape)
+    shards = [torch.empty_like(value) for _ in range(tp)] if receives else None
+    if to_first:
+        dist.gather(value.contiguous(), shards, dst=dst, group=group)
+    else:
+        dist.all_gather(shards, value.contiguous(), group=group)
+    return None if shards is None else torch.cat(shards, dim=p.partition_dim)
+
+
+def _gather_to_first(value: torch.Tensor, outputs: list[torch.Tensor] | None, dst: int, group) -> None:
+    """``dist.gather`` of ``value`` into ``outputs`` (contiguous views of the full tensor) on group rank 0.
+
+    gloo's gather stages every input in one flat buffer of the full size before copying it out (one more copy of
+    the tensor on the receiver); point-to-point receives land in the views directly. NCCL's gather writes into
+    ``outputs`` itself and is kept."""
+    if dist.get_backend(group) != "gloo":
+        dist.gather(value, outputs, dst=dst, group=group)
+        return
+    if outputs is None:
+        dist.send(value, dst=dst, group=group)
+        return
+    works = [dist.irecv(out, src=dist.get_global_rank(group, r), group=group) for r, out in enumerate(outputs) if r > 0]
+    outputs[0].copy_(value)
+    for work in works:
+        work.wait()
 
 
 def _tp_slice(name: str, p: torch.nn.Parameter, full: torch.Tensor) -> torch.Tensor:

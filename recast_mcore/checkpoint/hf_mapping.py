@@ -32,6 +32,7 @@ Megatron's embedding rows are padded to ``Vp >= V`` (see actor/model.py); the ex
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,7 @@ from typing import Literal
 import torch
 
 from recast_mcore.config.actor import ModelConfig
+from recast_mcore.utils.fs import replace_dir
 
 LayerNormSpec = Literal["local", "te"]
 
@@ -87,37 +89,93 @@ def detect_layernorm_spec(mcore_sd: dict[str, torch.Tensor]) -> LayerNormSpec:
     return "te" if any(k.endswith("linear_qkv.layer_norm_weight") for k in mcore_sd) else "local"
 
 
-def mcore_to_hf(mcore_sd: dict[str, torch.Tensor], model_cfg: ModelConfig, vocab_size: int) -> dict[str, torch.Tensor]:
-    """Full Megatron state dict -> HF Llama/Qwen3 state dict (tensors are views/clones, same dtype)."""
-    sd = {k: v for k, v in mcore_sd.items() if "_extra_state" not in k}
-    attn_ln, mlp_ln = _LN_NAMES[detect_layernorm_spec(sd)]
-    f = model_cfg.ffn_hidden_size
-    out: dict[str, torch.Tensor] = {}
-    emb = _take(sd, "embedding.word_embeddings.weight")
-    if emb.shape[0] < vocab_size:
-        raise ValueError(f"embedding has {emb.shape[0]} rows < vocab_size {vocab_size}")
-    out["model.embed_tokens.weight"] = emb[:vocab_size].clone()
+_LAYER_KEY = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+
+
+def mcore_tensor_to_hf(name: str, tensor: torch.Tensor, model_cfg: ModelConfig, vocab_size: int) -> list[tuple[str, torch.Tensor]]:
+    """ONE full (TP-gathered) Megatron tensor -> its HF tensor(s), as views (``linear_qkv`` -> q/k/v,
+    ``linear_fc1`` -> gate/up, embeddings cut to ``vocab_size`` rows). ``name`` uses the GLOBAL layer number.
+
+    This is the unit of the streaming weight sync (actor/weight_export.py): no other tensor is needed to
+    convert one, so a pipeline stage converts exactly the layers it holds.
+    """
+    if name == "embedding.word_embeddings.weight" or name == "output_layer.weight":
+        if tensor.shape[0] < vocab_size:
+            raise ValueError(f"{name} has {tensor.shape[0]} rows < vocab_size {vocab_size}")
+        return [("model.embed_tokens.weight" if name.startswith("embedding") else "lm_head.weight", tensor[:vocab_size])]
+    if name == "decoder.final_layernorm.weight":
+        return [("model.norm.weight", tensor)]
+    m = _LAYER_KEY.match(name)
+    if m is None:
+        raise KeyError(f"no Hugging Face name for Megatron tensor '{name}'")
+    dst, rest = f"model.layers.{m.group(1)}.", m.group(2)
+    if rest == "self_attention.linear_qkv.weight":
+        q, k, v = _split_qkv(tensor, model_cfg)
+        return [(dst + "self_attn.q_proj.weight", q), (dst + "self_attn.k_proj.weight", k), (dst + "self_attn.v_proj.weight", v)]
+    if rest == "mlp.linear_fc1.weight":
+        f = model_cfg.ffn_hidden_size
+        if tensor.shape[0] != 2 * f:
+            raise ValueError(f"{name} has {tensor.shape[0]} rows, expected 2*ffn_hidden_size={2 * f}")
+        return [(dst + "mlp.gate_proj.weight", tensor[:f]), (dst + "mlp.up_proj.weight", tensor[f:])]
+    if rest not in _LAYER_RENAMES:
+        raise KeyError(f"no Hugging Face name for Megatron tensor '{name}'")
+    return [(dst + _LAYER_RENAMES[rest], tensor)]
+
+
+_LAYER_RENAMES = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
+    "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",
+    "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
+    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_weight": "post_attention_layernorm.weight",
+    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
+}
+"""Per-layer Megatron suffix -> HF suffix for the tensors that are renamed only (local and TE norm names)."""
+
+
+def mcore_keys(model_cfg: ModelConfig, layernorm_spec: LayerNormSpec = "local") -> list[str]:
+    """Every key of the full Megatron state dict of ``model_cfg`` (global layer numbers), in HF export order."""
+    attn_ln, mlp_ln = _LN_NAMES[layernorm_spec]
+    keys = ["embedding.word_embeddings.weight"]
     for i in range(model_cfg.num_layers):
-        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        out[dst + "input_layernorm.weight"] = _take(sd, src + attn_ln).clone()
-        q, k, v = _split_qkv(_take(sd, src + "self_attention.linear_qkv.weight"), model_cfg)
-        out[dst + "self_attn.q_proj.weight"] = q.clone()
-        out[dst + "self_attn.k_proj.weight"] = k.clone()
-        out[dst + "self_attn.v_proj.weight"] = v.clone()
-        out[dst + "self_attn.o_proj.weight"] = _take(sd, src + "self_attention.linear_proj.weight").clone()
+        src = f"decoder.layers.{i}."
+        keys += [src + attn_ln, src + "self_attention.linear_qkv.weight", src + "self_attention.linear_proj.weight"]
         if model_cfg.qk_layernorm:
-            out[dst + "self_attn.q_norm.weight"] = _take(sd, src + "self_attention.q_layernorm.weight").clone()
-            out[dst + "self_attn.k_norm.weight"] = _take(sd, src + "self_attention.k_layernorm.weight").clone()
-        out[dst + "post_attention_layernorm.weight"] = _take(sd, src + mlp_ln).clone()
-        fc1 = _take(sd, src + "mlp.linear_fc1.weight")
-        if fc1.shape[0] != 2 * f:
-            raise ValueError(f"{src}mlp.linear_fc1.weight has {fc1.shape[0]} rows, expected 2*ffn_hidden_size={2 * f}")
-        out[dst + "mlp.gate_proj.weight"] = fc1[:f].clone()
-        out[dst + "mlp.up_proj.weight"] = fc1[f:].clone()
-        out[dst + "mlp.down_proj.weight"] = _take(sd, src + "mlp.linear_fc2.weight").clone()
-    out["model.norm.weight"] = _take(sd, "decoder.final_layernorm.weight").clone()
+            keys += [src + "self_attention.q_layernorm.weight", src + "self_attention.k_layernorm.weight"]
+        keys += [src + mlp_ln, src + "mlp.linear_fc1.weight", src + "mlp.linear_fc2.weight"]
+    keys.append("decoder.final_layernorm.weight")
     if not model_cfg.tie_embeddings:
-        out["lm_head.weight"] = _take(sd, "output_layer.weight")[:vocab_size].clone()
+        keys.append("output_layer.weight")
+    return keys
+
+
+def mcore_to_hf(mcore_sd: dict[str, torch.Tensor], model_cfg: ModelConfig, vocab_size: int) -> dict[str, torch.Tensor]:
+    """Full Megatron state dict -> HF Llama/Qwen3 state dict (cloned tensors, same dtype)."""
+    sd = {k: v for k, v in mcore_sd.items() if "_extra_state" not in k}
+    out: dict[str, torch.Tensor] = {}
+    for key in mcore_keys(model_cfg, detect_layernorm_spec(sd)):
+        out.update((n, t.clone()) for n, t in mcore_tensor_to_hf(key, _take(sd, key), model_cfg, vocab_size))
+    return out
+
+
+def hf_shapes(model_cfg: ModelConfig, vocab_size: int) -> dict[str, tuple[int, ...]]:
+    """``{hf_name: shape}`` of the exported model (what a served model must receive at every sync)."""
+    d, f, h = model_cfg.hidden_size, model_cfg.ffn_hidden_size, model_cfg.head_dim
+    nq, ng = model_cfg.num_attention_heads, model_cfg.num_query_groups
+    out = {"model.embed_tokens.weight": (vocab_size, d)}
+    for i in range(model_cfg.num_layers):
+        p = f"model.layers.{i}."
+        out.update({p + "input_layernorm.weight": (d,), p + "self_attn.q_proj.weight": (nq * h, d),
+                    p + "self_attn.k_proj.weight": (ng * h, d), p + "self_attn.v_proj.weight": (ng * h, d),
+                    p + "self_attn.o_proj.weight": (d, nq * h), p + "post_attention_layernorm.weight": (d,),
+                    p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d), p + "mlp.down_proj.weight": (d, f)})
+        if model_cfg.qk_layernorm:
+            out.update({p + "self_attn.q_norm.weight": (h,), p + "self_attn.k_norm.weight": (h,)})
+    out["model.norm.weight"] = (d,)
+    if not model_cfg.tie_embeddings:
+        out["lm_head.weight"] = (vocab_size, d)
     return out
 
 
@@ -238,6 +296,40 @@ def tokenizer_files(token_strings: list[str], *, pad_id: int, bos_id: int, eos_i
     return {"tokenizer.json": tokenizer_json, "tokenizer_config.json": tokenizer_config}
 
 
+def hf_metadata_files(model_cfg: ModelConfig, token_strings: list[str] | None, *, pad_id: int, bos_id: int, eos_id: int,
+                      torch_dtype: str, tokenizer_dir: str | Path | None = None) -> tuple[int, dict[str, str], list[Path]]:
+    """The non-weight files of an exported model directory: ``(vocab_size, {file name: JSON text}, files to copy)``.
+
+    The vocabulary is exactly ``token_strings`` (a WordLevel tokenizer is written); or, with ``tokenizer_dir``
+    (a pretrained LLM's expanded tokenizer, checkpoint/hf_vocab.py), config.json starts from the base model's and
+    that tokenizer's files are to be copied (``token_strings`` and the ids are then unused).
+    """
+    copies: list[Path] = []
+    if tokenizer_dir is not None:
+        from recast_mcore.checkpoint.hf_vocab import expanded_export_files
+
+        vocab_size, files, copies = expanded_export_files(tokenizer_dir, model_cfg, torch_dtype)
+    else:
+        if token_strings is None:
+            raise ValueError("hf_metadata_files needs token_strings or tokenizer_dir")
+        vocab_size = len(token_strings)
+        ids = dict(pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
+        files = {
+            "config.json": hf_config_dict(model_cfg, vocab_size, torch_dtype=torch_dtype, **ids),
+            "generation_config.json": {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "do_sample": True},
+            **tokenizer_files(token_strings, **ids),
+        }
+    return vocab_size, {name: json.dumps(content, indent=2) for name, content in files.items()}, copies
+
+
+def write_metadata(directory: Path, files: dict[str, str], copies: list[Path]) -> None:
+    """Write ``hf_metadata_files``' output into ``directory``."""
+    for src in copies:
+        shutil.copyfile(src, Path(directory) / Path(src).name)
+    for name, content in files.items():
+        (Path(directory) / name).write_text(content)
+
+
 def export_hf_dir(
     out_dir: str | Path,
     hf_state_dict: dict[str, torch.Tensor],
@@ -264,19 +356,8 @@ def export_hf_dir(
     if emb is None:
         raise ValueError("hf_state_dict has no model.embed_tokens.weight")
     dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}[emb.dtype]
-    copies: list[Path] = []
-    if tokenizer_dir is not None:
-        from recast_mcore.checkpoint.hf_vocab import expanded_export_files
-
-        vocab_size, files, copies = expanded_export_files(tokenizer_dir, model_cfg, dtype)
-    else:
-        vocab_size = len(token_strings)
-        ids = dict(pad_id=pad_id, bos_id=bos_id, eos_id=eos_id)
-        files = {
-            "config.json": hf_config_dict(model_cfg, vocab_size, torch_dtype=dtype, **ids),
-            "generation_config.json": {"bos_token_id": bos_id, "eos_token_id": eos_id, "pad_token_id": pad_id, "do_sample": True},
-            **tokenizer_files(token_strings, **ids),
-        }
+    vocab_size, files, copies = hf_metadata_files(model_cfg, token_strings, pad_id=pad_id, bos_id=bos_id, eos_id=eos_id,
+                                                  torch_dtype=dtype, tokenizer_dir=tokenizer_dir)
     if emb.shape[0] != vocab_size:
         raise ValueError(f"model.embed_tokens.weight has {emb.shape[0]} rows, the vocabulary has {vocab_size} tokens")
     tmp = out_dir.with_name(out_dir.name + ".tmp")
@@ -285,17 +366,5 @@ def export_hf_dir(
     tmp.mkdir(parents=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in hf_state_dict.items()}
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    for src in copies:
-        shutil.copyfile(src, tmp / src.name)
-    for name, content in files.items():
-        (tmp / name).write_text(json.dumps(content, indent=2))
-    if out_dir.exists():
-        old = out_dir.with_name(out_dir.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(out_dir)
-    return out_dir
+    write_metadata(tmp, files, copies)
+    return replace_dir(tmp, out_dir)

@@ -132,8 +132,16 @@ class ParallelConfig:
     """When micro_batch_size is 0: the row budget is this // the step's padded sequence length."""
     seed: int = 1234
     """Seed for parameter init and the tensor-parallel RNG tracker."""
+    control_timeout_s: float = 14400.0
+    """Timeout of the gloo control group that carries rank 0's messages to the other ranks (score requests,
+    update batches, resyncs, aborts) and every wait on rank 0's rollout/evaluation; sized for the longest
+    rollout or evaluation, far above the default group's (NCCL) 10 minutes. See utils/dist.py."""
+    timeout_s: float = 600.0
+    """Timeout of the default process group (NCCL on GPU): bounds every Megatron collective."""
 
     def validate(self) -> None:
+        if self.control_timeout_s <= 0 or self.timeout_s <= 0:
+            raise ValueError(f"control_timeout_s and timeout_s must be > 0, got {self.control_timeout_s}, {self.timeout_s}")
         for name in ("tensor_parallel", "pipeline_parallel", "virtual_pipeline_parallel"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

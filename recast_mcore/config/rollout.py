@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
+from urllib.parse import urlparse
+
+from recast_mcore.utils.net import is_loopback
 
 
 @dataclass(kw_only=True)
@@ -41,7 +44,13 @@ class SGLangServerConfig:
     num_servers: int = 1
     """Servers to launch for data-parallel rollout (``mode: launch``); prompts are spread over them."""
     host: str = "127.0.0.1"
-    """Interface launched servers bind to (loopback by default)."""
+    """Interface launched servers bind to (loopback by default). Anything else needs ``allow_non_loopback``
+    and ``api_key_env``; ``node-ip`` binds each server to the address of the node that hosts it (multi-node)."""
+    allow_non_loopback: bool = False
+    """Allow a non-loopback ``host`` (launch) or non-loopback ``urls`` (attach); also needs ``api_key_env``."""
+    api_key_env: str = ""
+    """Environment variable holding the servers' API key. '' = launched servers get a fresh random key per run
+    (kept in memory, never logged); attached servers are then used without a key (loopback only)."""
     base_port: int = 0
     """First port for launched servers (server i uses base_port + i); 0 picks free ports."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -91,22 +100,77 @@ class SGLangServerConfig:
             raise ValueError("timeouts must be positive")
         if not 0.0 <= self.router_cache_threshold <= 1.0:
             raise ValueError(f"router_cache_threshold must be in [0, 1], got {self.router_cache_threshold}")
+        remote = [h for h in self.hosts() if not is_loopback(h)]
+        if remote and not (self.allow_non_loopback and self.api_key_env):
+            raise ValueError(
+                f"sglang: non-loopback server address {remote[0]!r} needs both allow_non_loopback: true and "
+                "api_key_env (a key from the environment): anyone who reaches the port could otherwise send requests, "
+                "including code for the custom logit processor"
+            )
+
+    def hosts(self) -> list[str]:
+        """Host names the servers are reached at (``host`` when launching, the urls' hosts when attaching)."""
+        if self.mode == "launch":
+            return [self.host]
+        return [urlparse(u).hostname or "" for u in self.urls]
 
 
 @dataclass(kw_only=True)
 class WeightSyncConfig:
-    """How the actor's new weights reach the rollout servers after each update."""
+    """How the actor's new weights reach the rollout servers after each update (streamed in buckets)."""
 
-    method: Literal["tensor", "disk"] = "disk"
-    """tensor: ``/update_weights_from_tensor`` (colocated, same host); disk: write safetensors, ``/update_weights_from_disk``."""
+    method: Literal["distributed", "tensor", "disk"] = "disk"
+    """distributed: SGLang weight-update group, one broadcast per bucket (NCCL on GPU, gloo on CPU);
+    tensor: ``/update_weights_from_tensor`` per bucket (same host: shared-memory / CUDA IPC handles);
+    disk: sharded safetensors in the serving dtype, then ``/update_weights_from_disk`` (shared filesystem)."""
+    bucket_mb: float = 512.0
+    """Bucket size in MiB: tensors are gathered, converted and pushed this many bytes at a time (a larger
+    single tensor forms its own bucket). Peak extra memory on a sending rank is about two buckets."""
     sync_dir: str = ""
     """Directory for disk sync snapshots ('' = inside the engine's work directory)."""
     keep_snapshots: int = 1
     """Disk sync: snapshot directories kept (>= 1; the newest is what a restarted server loads)."""
+    master_addr: str = ""
+    """distributed: address the servers reach a sending rank at ('' = loopback when every server is on
+    loopback, else the sending node's host address)."""
 
     def validate(self) -> None:
         if self.keep_snapshots < 1:
             raise ValueError(f"keep_snapshots must be >= 1, got {self.keep_snapshots}")
+        if not self.bucket_mb > 0:
+            raise ValueError(f"weight_sync.bucket_mb must be > 0, got {self.bucket_mb}")
+
+    @property
+    def bucket_bytes(self) -> int:
+        return int(self.bucket_mb * 2**20)
+
+
+@dataclass(kw_only=True)
+class PlacementConfig:
+    """Where launched SGLang servers run on GPU nodes (ignored on CPU). See rollout/placement.py."""
+
+    mode: Literal["colocated", "disaggregated"] = "colocated"
+    """colocated: servers share the trainer's GPUs (their memory is released while the actor works);
+    disaggregated: servers use the GPUs of each node that the trainer's processes leave free."""
+    gpus_per_server: int = 1
+    """Tensor-parallel size of one server (SGLang --tp-size)."""
+    dp_per_server: int = 1
+    """Data-parallel replicas inside one server (SGLang --dp-size); > 1 only with disk weight sync (SGLang's
+    tensor/distributed weight updates assert dp_size == 1)."""
+    gpus_per_node: int = 0
+    """GPUs of a node (0 = what torch.cuda.device_count() reports there)."""
+    release_memory: bool = True
+    """colocated: release the servers' weights and KV cache while the actor updates, resume them for the sync
+    and the next rollout (SGLang memory-occupation calls; needs --enable-memory-saver, added on GPU)."""
+    offload_optimizer: bool = False
+    """colocated: move the actor's optimizer state to CPU memory while the servers roll out."""
+
+    def validate(self) -> None:
+        if self.gpus_per_server < 1 or self.dp_per_server < 1:
+            raise ValueError(f"placement: gpus_per_server and dp_per_server must be >= 1, got "
+                             f"{self.gpus_per_server}, {self.dp_per_server}")
+        if self.gpus_per_node < 0:
+            raise ValueError(f"placement.gpus_per_node must be >= 0, got {self.gpus_per_node}")
 
 
 @dataclass(kw_only=True)
@@ -133,8 +197,13 @@ class RolloutConfig:
     """SGLang servers."""
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)
     """Weight sync transport."""
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    """GPU placement of launched servers (colocated or disaggregated)."""
 
     def validate(self) -> None:
+        if self.placement.dp_per_server > 1 and self.weight_sync.method != "disk":
+            raise ValueError("placement.dp_per_server > 1 needs weight_sync.method: disk (SGLang's tensor and "
+                             "distributed weight updates support one data-parallel replica per server)")
         if self.beam_width < 1:
             raise ValueError(f"beam_width must be >= 1, got {self.beam_width}")
         if self.mode == "beam" and self.beam_width < self.sampling.group_size:

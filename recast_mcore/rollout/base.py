@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import torch
@@ -47,6 +47,14 @@ class EngineResources:
     """The actor's forward (in-process engine)."""
     initial_version: int = 0
     """Weight version of the initial policy."""
+    api_key: str | None = None
+    """SGLang servers' API key (None: the engine resolves it from its config, see sglang_engine.resolve_api_key)."""
+    server_slots: list | None = None
+    """GPU placement of the servers this process launches (rollout/placement.py ServerSlot; None on CPU)."""
+    remote_urls: list[str] = field(default_factory=list)
+    """Servers launched by other nodes of the job."""
+    memory_saver: bool = False
+    """Launch servers with --enable-memory-saver (colocated on GPU: release/resume their memory)."""
 
 
 EngineBuilder = Callable[[RolloutConfig, EngineResources], RolloutEngine]

@@ -26,12 +26,17 @@ class WeightUpdateFailed(RuntimeError):
 class SGLangClient:
     """POST/GET helpers with a per-request timeout against ``url`` (``http://host:port``)."""
 
-    def __init__(self, url: str, timeout_s: float):
+    def __init__(self, url: str, timeout_s: float, api_key: str = ""):
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self.session = requests.Session()
         self.traffic = {"requests": 0, "bytes_sent": 0, "bytes_received": 0}
         """POST requests answered and their body sizes (HTTP payload bytes, headers excluded)."""
+        if api_key:  # SGLang --api-key: every endpoint but /health needs it
+            self.session.headers["Authorization"] = f"Bearer {api_key}"
+
+    def __repr__(self) -> str:  # never shows the session headers (the API key)
+        return f"SGLangClient({self.url!r})"
 
     def post(self, path: str, body: dict[str, Any], timeout_s: float | None = None) -> Any:
         try:

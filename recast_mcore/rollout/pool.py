@@ -31,6 +31,7 @@ from typing import Callable, TypeVar
 
 from recast_mcore.config.rollout import SGLangServerConfig
 from recast_mcore.rollout.client import RequestRejected, ServerUnavailable, SGLangClient, WeightUpdateFailed
+from recast_mcore.rollout.placement import ServerSlot
 from recast_mcore.rollout.router import LaunchedRouter
 from recast_mcore.rollout.server import LaunchedServer, log_tail
 
@@ -45,7 +46,11 @@ class ServerPool:
     """Endpoints ``clients[i]`` (and ``servers[i]`` when launched)."""
 
     def __init__(self, cfg: SGLangServerConfig, model_dir: str, weight_version: int,
-                 current_weights: Callable[[], tuple[str, int]], after_restart: Callable[[SGLangClient], None]):
+                 current_weights: Callable[[], tuple[str, int]], after_restart: Callable[[SGLangClient], None],
+                 *, api_key: str = "", slots: list[ServerSlot] | None = None, remote_urls: list[str] = (),
+                 memory_saver: bool = False):
+        """``slots``: GPU placement of the servers this process launches (rollout/placement.py; None on CPU);
+        ``remote_urls``: servers launched by other nodes (recovered like attached ones)."""
         self.cfg = cfg
         self.current_weights = current_weights
         self.after_restart = after_restart
@@ -58,15 +63,18 @@ class ServerPool:
         self.servers: list[LaunchedServer | None] = []
         if cfg.mode == "launch":
             self.log_dir = Path(cfg.log_dir or tempfile.mkdtemp(prefix="recast-sglang-logs-"))
-            for i in range(cfg.num_servers):
-                port = cfg.base_port + i if cfg.base_port else 0
-                self.servers.append(LaunchedServer(cfg, model_dir, self.log_dir / f"server{i}.log", port, weight_version))
+            for i, slot in enumerate(slots if slots is not None else [None] * cfg.num_servers):
+                n = slot.index if slot is not None else i
+                port = cfg.base_port + n if cfg.base_port else 0
+                self.servers.append(LaunchedServer(cfg, model_dir, self.log_dir / f"server{n}.log", port, weight_version,
+                                                   api_key=api_key, slot=slot, memory_saver=memory_saver))
             self._start_all()
-            urls = [s.url for s in self.servers]
+            urls = [s.url for s in self.servers] + list(remote_urls)
+            self.servers += [None] * len(remote_urls)
         else:
             urls = list(cfg.urls)
             self.servers = [None] * len(urls)
-        self.clients = [SGLangClient(u, cfg.request_timeout_s) for u in urls]
+        self.clients = [SGLangClient(u, cfg.request_timeout_s, api_key) for u in urls]
         self.live = list(range(len(self.clients)))
         if cfg.mode == "attach":
             dead = [c.url for c in self.clients if not c.healthy()]
@@ -75,6 +83,11 @@ class ServerPool:
         self.router: LaunchedRouter | None = None
         self.router_client: SGLangClient | None = None
         if cfg.use_router:
+            if api_key:
+                self.close()
+                raise ValueError("sglang.use_router: the servers require an API key (every launched server does) and "
+                                 "sglang-router would need it on its command line (visible in ps) to reach them; "
+                                 "use the built-in pool (use_router: false)")
             self._start_router(urls)
 
     def _start_router(self, urls: list[str]) -> None:
@@ -195,9 +208,16 @@ class ServerPool:
             raise ServerUnavailable(f"the only attached SGLang server {client.url} stopped answering /health")
         if server.is_running() and client.healthy():
             return  # transient (e.g. a slow request); the retry goes to the same healthy server
+        self.restart(ep, "is dead or hung")
+
+    def restart(self, ep: int, why: str) -> None:
+        """Restart launched server ``ep`` from ``current_weights()`` and hand it to ``after_restart``."""
+        server, client = self.servers[ep], self.clients[ep]
+        if server is None:
+            raise ValueError(f"SGLang server {client.url} was not launched here and cannot be restarted")
         self.had_failure = True
         model_path, version = self.current_weights()
-        log.warning("SGLang server %s is dead or hung; restarting from %s (weight version %d)", client.url, model_path, version)
+        log.warning("SGLang server %s %s; restarting from %s (weight version %d)", client.url, why, model_path, version)
         server.restart(model_path, version)
         self.restarts += 1
         self.after_restart(client)
@@ -234,13 +254,7 @@ class ServerPool:
                 self.live.remove(ep)
                 return
             raise ServerUnavailable(f"the only attached SGLang server {client.url} could not be updated: {error}") from error
-        self.had_failure = True
-        model_path, version = self.current_weights()
-        log.warning("restarting SGLang server %s from %s (weight version %d) after a failed update", client.url,
-                    model_path, version)
-        server.restart(model_path, version)
-        self.restarts += 1
-        self.after_restart(client)
+        self.restart(ep, "failed a weight update")
 
     def _tail(self, ep: int) -> str:
         server = self.router if ep == ROUTER else self.servers[ep]

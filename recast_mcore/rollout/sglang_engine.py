@@ -19,12 +19,13 @@ labelled as the current policy).
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 from itertools import chain
 from operator import add, itemgetter, methodcaller
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -34,11 +35,14 @@ from recast_mcore.rollout.base import EngineResources, register_engine
 from recast_mcore.rollout.beam import constrained_beam_search
 from recast_mcore.rollout.catalog import ItemCatalog, check_prompts
 from recast_mcore.rollout.client import SGLangClient
+from recast_mcore.rollout.cpu_bridge import needs_cpu_bridges
 from recast_mcore.rollout.pool import ServerPool
 from recast_mcore.rollout.trie_processor import trie_params, trie_processor_string
 from recast_mcore.rollout.types import BeamResults, RolloutGroups
+from recast_mcore.rollout.placement import ServerSlot
+from recast_mcore.rollout.sync_coordinator import SyncCoordinator, retry_plan
 from recast_mcore.rollout.weight_sync import (
-    check_matches_template, serialize_named_tensors, template_shapes, write_snapshot,
+    SyncTarget, check_matches_template, dict_buckets, is_retryable, open_sender,
 )
 
 
@@ -54,7 +58,11 @@ class SGLangRolloutEngine:
     """Rollouts from a pool of SGLang servers (see module docstring)."""
 
     def __init__(self, server_cfg: SGLangServerConfig, sync_cfg: WeightSyncConfig, catalog: ItemCatalog,
-                 model_dir: str, *, work_dir: str = "", initial_version: int = 0):
+                 model_dir: str, *, work_dir: str = "", initial_version: int = 0, api_key: str | None = None,
+                 slots: list[ServerSlot] | None = None, remote_urls: list[str] = (), memory_saver: bool = False):
+        """``api_key``: None = the key named by ``server_cfg.api_key_env``, else a fresh random one for launched
+        servers (attached servers without ``api_key_env`` get no key). ``slots``/``remote_urls``: GPU placement
+        of the servers this process launches and the URLs of servers other nodes launched (trainer/weights.py)."""
         if not (Path(model_dir) / "config.json").is_file():
             raise FileNotFoundError(f"model_dir {model_dir!r} is not an exported HF directory (no config.json)")
         self.server_cfg, self.sync_cfg, self.catalog = server_cfg, sync_cfg, catalog
@@ -63,17 +71,26 @@ class SGLangRolloutEngine:
         self.initial_model_dir = str(model_dir)
         self.model_path = str(model_dir)  # what a (re)started server loads: the newest disk snapshot
         self.policy_version = initial_version
-        self._last_tensor_state: dict[str, torch.Tensor] | None = None
-        self._template_shapes: dict[str, tuple[int, ...]] | None = None
+        self._model_path_version = initial_version  # the version of the weights in model_path
+        self._last_pushed: dict[str, torch.Tensor] | None = None  # the caller's dict of update_weights (not a copy)
+        self.memory_released = False  # colocated: release_memory() was called and not yet fully resumed
+        self._recovering = False  # recover_servers() is restarting servers (a sync retry follows)
+        self.resync: Callable[[], None] | None = None
+        """Set by the trainer: re-sync the current weights from the actor (collective) after a server restart."""
         self.trie_path = str(catalog.save(self.work_dir / "trie"))
         self.processor = trie_processor_string()
+        self._api_key = resolve_api_key(server_cfg) if api_key is None else api_key
         self.pool = ServerPool(server_cfg, self.model_path, initial_version,
-                               current_weights=lambda: (self.model_path, self.policy_version),
-                               after_restart=self._after_restart)
+                               current_weights=lambda: (self.model_path, self._model_path_version),
+                               after_restart=self._after_restart, api_key=self._api_key, slots=slots,
+                               remote_urls=list(remote_urls), memory_saver=memory_saver)
         if server_cfg.mode == "attach":
             # Servers started by the user: make them serve exactly model_dir, labelled initial_version
             # (shared filesystem, as for disk sync).
             self.pool.broadcast(lambda c: c.update_weights_from_disk(self.model_path, initial_version))
+        self.syncs = SyncCoordinator(self.pool, server_cfg, sync_cfg, api_key=self._api_key,
+                                     initial_model_dir=self.initial_model_dir, work_dir=self.work_dir,
+                                     group_backend="gloo" if needs_cpu_bridges() else "nccl")
         if server_cfg.use_router:
             self._check_router_applies_the_trie()
 
@@ -211,43 +228,121 @@ class SGLangRolloutEngine:
             raise RuntimeError(f"SGLang returned top log-probs of shape {top.shape}, expected ({len(seqs)}, {k}, 3)")
         return torch.from_numpy(top[:, :, 0]).float(), torch.from_numpy(np.nan_to_num(top[:, :, 1])).long()
 
-    # ---- weight sync ----------------------------------------------------------------------------
+    # ---- weight sync (streamed; rollout/sync_coordinator.py) ---------------------------------------
+    @property
+    def sync_cfg(self) -> WeightSyncConfig:
+        return self._sync_cfg
+
+    @sync_cfg.setter
+    def sync_cfg(self, cfg: WeightSyncConfig) -> None:
+        self._sync_cfg = cfg
+        if getattr(self, "syncs", None) is not None:
+            self.syncs.sync_cfg = cfg
+
+    def begin_sync(self, version: int, *, resync: bool = False) -> SyncTarget:
+        """Open a sync to ``version`` (must increase; ``resync`` re-sends the current version)."""
+        self.check_sync_version(version, resync=resync)
+        return self.syncs.begin(version)
+
+    def finish_sync(self, target: SyncTarget, pushed: list[dict[str, str]]) -> None:
+        """Commit a sync: every tensor arrived (``pushed``: each stage's ``{name: file}``); serve its version."""
+        def serve_from(snapshot: str) -> None:  # a server restarted from here on loads the new snapshot
+            self.model_path, self._model_path_version = snapshot, target.version
+
+        try:
+            self.syncs.commit(target, pushed, on_snapshot=serve_from)
+        except Exception as exc:
+            self.fail_sync(target, str(exc))
+            raise
+        self.policy_version = target.version
+
+    def fail_sync(self, target: SyncTarget, message: str) -> None:
+        self.syncs.abort(target, message)
+
     def update_weights(self, hf_state_dict: dict[str, torch.Tensor] | None, version: int) -> None:
-        """Push HF-layout weights to every server and serve them as ``version`` (must increase)."""
+        """Single-process sync of a full HF state dict the caller holds (tests, tools): the same streamed
+        path as the trainer's, with this process as the only sender. The trainer uses begin/finish_sync."""
         if hf_state_dict is None:
             raise ValueError("the SGLang engine needs the HF-layout state dict (see checkpoint/hf_mapping.py)")
-        if version <= self.policy_version:
-            raise ValueError(f"weight version must increase: {version} <= current {self.policy_version}")
-        if self._template_shapes is None:
-            self._template_shapes = template_shapes(self.initial_model_dir)
-        check_matches_template(hf_state_dict, self._template_shapes)  # a wrong tensor would kill the server
-        if self.sync_cfg.method == "disk":
-            snapshot = self._snapshot_dir(version)
-            write_snapshot(hf_state_dict, self.initial_model_dir, snapshot)
-            self.model_path, self.policy_version = str(snapshot), version
-            self._last_tensor_state = None  # a restarted server gets everything from the snapshot
-            self.pool.broadcast(lambda c: c.update_weights_from_disk(self.model_path, version))
-            self._prune_snapshots(snapshot.parent)
-        else:
-            payload = serialize_named_tensors(hf_state_dict)
-            self._last_tensor_state = {k: v.detach().to("cpu").clone() for k, v in hf_state_dict.items()}
-            self.policy_version = version
-            self.pool.broadcast(lambda c: c.update_weights_from_tensor(payload, version))
+        check_matches_template(hf_state_dict, self.syncs.shapes)  # a wrong tensor would kill the server
+        self._push_dict(hf_state_dict, version, resync=False)
+        self._last_pushed = None if self.sync_cfg.method == "disk" else hf_state_dict
+
+    def _push_dict(self, hf_state_dict: dict[str, torch.Tensor], version: int, *, resync: bool) -> None:
+        """With the trainer's retries (sync_coordinator.retry_plan; a layout mismatch or a 4xx is never retried)."""
+        self.check_sync_version(version, resync=resync)
+        plan, error = retry_plan(self.server_cfg.max_retries), None
+        for step in plan:
+            if error is not None:
+                self.recover_servers(restart_all=step == "restart_all")
+            try:
+                return self._push_dict_once(hf_state_dict, version, resync=resync)
+            except Exception as exc:  # noqa: BLE001  (retried, then raised below)
+                if not is_retryable(exc):
+                    raise
+                error = exc
+        raise RuntimeError(f"weight sync to version {version} failed after {len(plan)} attempts: {error}") from error
+
+    def _push_dict_once(self, hf_state_dict: dict[str, torch.Tensor], version: int, *, resync: bool) -> None:
+        target = self.begin_sync(version, resync=resync)
+        try:
+            sender = open_sender(target, stage=0)
+            for i, bucket in enumerate(dict_buckets(hf_state_dict, target.bucket_bytes, target.torch_dtype)):
+                sender.push(i, bucket)
+            pushed = [sender.close()]
+        except Exception as exc:
+            self.fail_sync(target, str(exc))
+            raise
+        self.finish_sync(target, pushed)
 
     def _after_restart(self, client: SGLangClient) -> None:
-        """A restarted server loaded ``self.model_path``; if the last sync was by tensor, re-push those weights."""
-        if self._last_tensor_state is not None:
-            client.update_weights_from_tensor(serialize_named_tensors(self._last_tensor_state), self.policy_version)
+        """A restarted server loaded ``self.model_path`` (the newest disk snapshot), labelled with the version
+        of those weights. After a tensor/distributed sync that is an older policy: re-sync every server (the
+        trainer's ``resync``, or the dict last passed to ``update_weights``); with neither, its samples carry
+        the old version and are rejected as stale."""
+        self.syncs.group_epoch += 1  # its side of every weight-update group died with it
+        if self._model_path_version >= self.policy_version or self._recovering:
+            return  # it loaded the current (or the committing disk sync's) weights; or a sync retry follows
+        if self.resync is not None:
+            self.resync()
+        elif self._last_pushed is not None:
+            self._push_dict(self._last_pushed, self.policy_version, resync=True)
 
-    def _snapshot_dir(self, version: int) -> Path:
-        root = Path(self.sync_cfg.sync_dir) if self.sync_cfg.sync_dir else self.work_dir / "weights"
-        return root / f"v{version:08d}"
+    def check_sync_version(self, version: int, *, resync: bool) -> None:
+        """Raise a ValueError unless ``version`` may be synced now (increasing; a resync re-sends the current one)."""
+        if resync and version != self.policy_version:
+            raise ValueError(f"a resync re-sends the current version {self.policy_version}, got {version}")
+        if not resync and version <= self.policy_version:
+            raise ValueError(f"weight version must increase: {version} <= current {self.policy_version}")
 
-    def _prune_snapshots(self, root: Path) -> None:
-        """Keep the newest ``keep_snapshots`` snapshot directories (the newest is what servers now load)."""
-        snaps = sorted(p for p in root.glob("v*") if p.is_dir() and not p.name.endswith(".tmp"))
-        for old in snaps[: max(len(snaps) - self.sync_cfg.keep_snapshots, 0)]:
-            shutil.rmtree(old, ignore_errors=True)
+    def recover_servers(self, *, restart_all: bool) -> int:
+        """After a failed sync, before the next attempt (trainer/weights.sync_weights): restart launched servers
+        that died or stopped answering (``restart_all``: every launched server, as the pool does after a weight
+        update failed ``max_retries + 1`` times on a healthy one); attached ones that stopped answering leave
+        rotation (raises if none is left). No resync here: the next attempt sends the weights. Returns restarts."""
+        before = self.pool.restarts
+        self._recovering = True
+        try:
+            for ep in list(self.pool.live):
+                if restart_all and self.pool.servers[ep] is not None:
+                    self.pool.restart(ep, "kept failing weight syncs")
+                else:
+                    self.pool.recover(ep)
+        finally:
+            self._recovering = False
+        return self.pool.restarts - before
+
+    def release_memory(self) -> None:
+        """Colocated servers: free their GPU memory (weights, KV cache, CUDA graphs) while the actor works."""
+        self.pool.broadcast(lambda c: c.post("/release_memory_occupation", {}))
+        self.memory_released = True
+
+    def resume_memory(self, tags: list[str] | None = None) -> None:
+        """Re-allocate what ``release_memory`` freed (``tags``: ["weights"] before a sync, then
+        ["kv_cache", "cuda_graph"]; None = everything)."""
+        self.pool.broadcast(lambda c: c.post("/resume_memory_occupation", {"tags": tags}))
+        if tags is None or "kv_cache" in tags:
+            self.memory_released = False
 
     def close(self) -> None:
         self.pool.close()
@@ -270,4 +365,19 @@ def build_sglang_engine(cfg: RolloutConfig, resources: EngineResources) -> SGLan
     if not resources.model_dir:
         raise ValueError("the 'sglang' rollout engine needs resources.model_dir (an exported HF directory)")
     return SGLangRolloutEngine(cfg.sglang, cfg.weight_sync, resources.catalog, resources.model_dir,
-                               work_dir=cfg.work_dir, initial_version=resources.initial_version)
+                               work_dir=cfg.work_dir, initial_version=resources.initial_version,
+                               api_key=resources.api_key, slots=resources.server_slots,
+                               remote_urls=resources.remote_urls, memory_saver=resources.memory_saver)
+
+
+def resolve_api_key(cfg: SGLangServerConfig) -> str:
+    """The servers' API key: from ``cfg.api_key_env`` when set (an unset or empty variable is an error), else a
+    fresh random key for launched servers and none for attached ones."""
+    if cfg.api_key_env:
+        import os
+
+        key = os.environ.get(cfg.api_key_env, "")
+        if not key:
+            raise ValueError(f"sglang.api_key_env names ${cfg.api_key_env}, which is unset or empty")
+        return key
+    return secrets.token_urlsafe(32) if cfg.mode == "launch" else ""

@@ -56,6 +56,15 @@ def make_tiny_llama(out_dir: str | Path, vocab_size: int, *, hidden: int = 64, l
     return model
 
 
+def actor_model_cfg():
+    """The Megatron/HF shape of ``make_tiny_llama``'s defaults (Llama layout, untied, 512 positions)."""
+    from recast_mcore.config.actor import ModelConfig
+
+    return ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4, num_query_groups=2,
+                       qk_layernorm=False, tie_embeddings=False, rotary_base=10000, norm_epsilon=1e-6,
+                       max_seq_len=512, init_method_std=0.2)
+
+
 def perturbed_state_dict(model, scale: float = 0.05, seed: int = 1) -> dict[str, torch.Tensor]:
     """``{hf_name: w + scale * N(0, 1)}``: stands in for the actor's updated weights."""
     g = torch.Generator().manual_seed(seed)
@@ -103,3 +112,15 @@ def exhaustive_scores(model, catalog: ItemCatalog, prompt: list[int]) -> torch.T
     """[N] sequence log-probs s(y) of every catalog item for one prompt (the exact ranking)."""
     responses = catalog.responses_of(torch.arange(catalog.num_items))
     return constrained_logprobs(model, catalog, [prompt] * catalog.num_items, responses).sum(-1)
+
+
+def exported_tiny_llama(root: Path):
+    """The tests' served model: a 40-item catalog, a tiny random Llama and its project export in ``root/hf``
+    (what the trainer hands the engine at the first launch). Returns (vocab, catalog, model)."""
+    from recast_mcore.checkpoint.hf_mapping import export_hf_dir
+
+    vocab = random_catalog(40, [6, 5, 4], seed=3)
+    model = make_tiny_llama(Path(root) / "hf_raw", vocab.vocab_size)
+    export_hf_dir(Path(root) / "hf", model.state_dict(), actor_model_cfg(), vocab.token_strings,
+                  pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+    return vocab, ItemCatalog.from_vocab(vocab), model

@@ -202,13 +202,25 @@ def check_rollout_layout(rollout_cfg: RolloutConfig, world_size: int) -> None:
 
 
 def check_rollout_servers(rollout_cfg: RolloutConfig) -> None:
-    """With ``rollout.sglang.mode: attach`` every listed server must answer /health now."""
-    if rollout_cfg.engine != "sglang" or rollout_cfg.sglang.mode != "attach":
+    """The API key variable is set; launched servers fit the GPUs (placement); with ``rollout.sglang.mode:
+    attach`` every listed server must answer /health now."""
+    if rollout_cfg.engine != "sglang":
+        return
+    key_env = rollout_cfg.sglang.api_key_env
+    if key_env and not os.environ.get(key_env):
+        raise SetupError(f"rollout.sglang.api_key_env names ${key_env}, which is unset or empty: export the servers' key")
+    try:
+        from recast_mcore.trainer.weights import server_plan
+
+        server_plan(rollout_cfg)
+    except ValueError as exc:
+        raise SetupError(f"rollout.placement: {exc}") from exc
+    if rollout_cfg.sglang.mode != "attach":
         return
     from recast_mcore.rollout.client import SGLangClient
 
     for url in rollout_cfg.sglang.urls:
-        if not SGLangClient(url, rollout_cfg.sglang.request_timeout_s).healthy(timeout_s=5.0):
+        if not SGLangClient(url, rollout_cfg.sglang.request_timeout_s).healthy(timeout_s=5.0):  # /health needs no key
             raise SetupError(
                 f"rollout server {url} is unreachable (no HTTP 200 from {url.rstrip('/')}/health within 5 s). "
                 f"Start it (python -m sglang.launch_server --model-path <hf dir> --port ...), fix rollout.sglang.urls, "

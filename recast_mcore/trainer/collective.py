@@ -9,6 +9,9 @@ log-probs (ReCast's repaired anchors), and ``actor.logprobs`` is a collective ov
   and returns it.
 
 So the UpdateBatch built on rank 0 ends up on every rank, and every rank then calls ``actor.update``.
+The same loop serves rank 0's evaluation (``finish(None)`` ends it) and a ``resync`` (a rollout server
+restarted: every rank joins ``trainer.weights.sync_weights`` to re-send the current weights).
+All messages go over the gloo control group (utils/dist.py): followers may wait for hours.
 At world size 1 this is a direct call.
 """
 
@@ -43,11 +46,15 @@ class Step0:
 
 
 def follow(actor: Any) -> Any:
-    """Other ranks' side: serve score requests until rank 0 sends the batch; return it."""
+    """Other ranks' side: serve score and resync requests until rank 0 sends the batch; return it."""
     while True:
         kind, payload = broadcast_object(None)
         if kind == "score":
             actor.logprobs(*payload)
+        elif kind == "resync":
+            from recast_mcore.trainer.weights import sync_weights
+
+            sync_weights(None, actor, 0, resync=True)
         elif kind == "batch":
             return payload
         elif kind == "abort":

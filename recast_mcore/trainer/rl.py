@@ -17,7 +17,7 @@ from recast_mcore.trainer.data_feed import EpochSampler
 from recast_mcore.trainer.hooks import draw_plots, due, evaluate_and_log, save_checkpoint
 from recast_mcore.trainer.rl_update import more_sft_step, sft_feed, start_rl_stage, update_policy
 from recast_mcore.trainer.rollout_step import build_step_batch
-from recast_mcore.trainer.weights import push_weights, reseed_engine
+from recast_mcore.trainer.weights import after_rollout, before_rollout, push_weights, reseed_engine
 from recast_mcore.utils.dist import is_rank0
 from recast_mcore.utils.rng import derive_seed, seed_everything
 
@@ -38,7 +38,9 @@ def run_rl(job) -> None:
             batch, rollout = None, {"rollouts": 0.0, "rollout_time_s": 0.0}
         else:
             start = time.perf_counter()
+            before_rollout(job.engine, job.cfg.rollout, job.actor)  # colocated servers: memory back, optimizer to CPU
             batch, rollout = collect_update_batch(job, prompts, step)
+            after_rollout(job.engine, job.cfg.rollout, job.actor)
             rollout["rollout_time_s"] = time.perf_counter() - start
             actor_metrics, actor_time = update_policy(job, batch, step)
         if actor_metrics:  # the weights changed: serve them as the next policy version

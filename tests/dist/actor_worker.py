@@ -113,6 +113,7 @@ def run_layout(name: str, out: Path) -> None:
         extra["distributed_optimizer"] = True
     actor, vocab, _ = _build(tp, pp, vpp, **extra)
     compare_layout(actor, vocab, name, out)
+    check_streamed_export(actor, vocab, name, out)
     if name == "pp2vpp2":  # virtual-stage checkpoint: save -> perturb -> load is exact
         saved = actor.full_state_dict()
         actor.save(out / "ckpts_vpp" / "a", {"k": 1})
@@ -144,7 +145,7 @@ def compare_layout(actor, vocab, name: str, out: Path) -> None:
     got = _measure(actor, vocab)
     result = {}
     if dist.get_rank() == 0:
-        ref = torch.load(out / "ref.pt", weights_only=False)
+        ref = torch.load(out / "ref.pt", weights_only=True)
         result["logprobs"] = float((got["logprobs"] - ref["logprobs"]).abs().max())
         result["ref_logprobs"] = float((got["ref_logprobs"] - ref["ref_logprobs"]).abs().max())
         result["ref_minus_actor"], result["ref_after_updates"] = got["ref_minus_actor"], got["ref_after_updates"]
@@ -154,6 +155,48 @@ def compare_layout(actor, vocab, name: str, out: Path) -> None:
         for key in ("sft_sums", "grpo_sums", "contrast_sums"):
             result[key] = abs(got[key]["loss_sum"] / got[key]["denom"] - ref[key]["loss_sum"] / ref[key]["denom"])
         result["micro_batches"] = got["grpo_sums"]["micro_batches"]
+        (out / f"layout_{name}.json").write_text(json.dumps(result))
+
+
+def check_streamed_export(actor, vocab, name: str, out: Path) -> None:
+    """The streamed weight export (actor.export_buckets, trainer.weights.stream_weights to sharded safetensors)
+    equals mcore_to_hf of the fully gathered model; buckets respect the size; only stage sources get buckets."""
+    from safetensors.torch import load_file
+
+    from recast_mcore.actor.weight_export import is_stage_source
+    from recast_mcore.checkpoint.hf_mapping import hf_shapes, mcore_to_hf
+    from recast_mcore.rollout.sync_disk import finalize_snapshot
+    from recast_mcore.rollout.weight_sync import SyncTarget, check_complete
+    from recast_mcore.trainer.weights import stream_weights
+    from recast_mcore.utils.dist import all_gather_object
+
+    full = actor.full_state_dict()
+    bucket_bytes = 40_000
+    mine, sizes = {}, []
+    for bucket in actor.export_buckets(bucket_bytes, torch.float32):
+        assert bucket.stage == actor.pipeline_stage
+        sizes.append((bucket.nbytes, len(bucket.tensors)))
+        mine.update((n, t.clone()) for n, t in bucket.tensors)
+    assert bool(mine) == is_stage_source(), (dist.get_rank(), len(mine))
+    assert all(size <= bucket_bytes or count == 1 for size, count in sizes), sizes
+    parts = all_gather_object(mine)
+    snap = out / f"stream_{name}"
+    target = SyncTarget(method="disk", version=1, endpoints=[], bucket_bytes=bucket_bytes, dtype="float32",
+                        shapes=hf_shapes(actor.model_cfg, actor.vocab_size), request_timeout_s=60,
+                        snapshot_dir=str(snap) + ".tmp")
+    pushed = stream_weights(actor, target)
+    if dist.get_rank() == 0:
+        finalize_snapshot(Path(target.snapshot_dir), snap, check_complete(pushed, target.shapes))
+        ref = mcore_to_hf(full, actor.model_cfg, actor.vocab_size)
+        streamed = {k: v for part in parts for k, v in part.items()}
+        on_disk = {}
+        for f in sorted(snap.glob("*.safetensors")):
+            on_disk.update(load_file(str(f)))
+        result = json.loads((out / f"layout_{name}.json").read_text())
+        result["export_keys_match"] = streamed.keys() == ref.keys() == on_disk.keys()
+        result["export_max_diff"] = _max_diff(streamed, ref)[0] if result["export_keys_match"] else -1.0
+        result["export_disk_max_diff"] = _max_diff(on_disk, ref)[0] if result["export_keys_match"] else -1.0
+        result["export_shards"] = len(list(snap.glob("*.safetensors")))
         (out / f"layout_{name}.json").write_text(json.dumps(result))
 
 

@@ -80,14 +80,39 @@ def run_single(root: Path) -> None:
                                                        "max_diff": diff}))
 
 
+def _streamed_export(actor, vocab, out: Path) -> Path:
+    """The servers' initial HF directory as the trainer writes it (trainer/weights.export_initial: streamed,
+    sharded by stage and bucket, small buckets), with the expanded tokenizer."""
+    from recast_mcore.config.rollout import RolloutConfig, SGLangServerConfig, WeightSyncConfig
+    from recast_mcore.trainer.weights import export_initial
+
+    cfg = RolloutConfig(engine="sglang", sglang=SGLangServerConfig(dtype="float32"), weight_sync=WeightSyncConfig(bucket_mb=0.05))
+    return export_initial(actor, cfg, actor.model_cfg, vocab, out / "streamed", tokenizer_dir=str(out / "hf_tokenizer"))
+
+
+def _compare_exports(streamed: Path, reference: Path) -> dict:
+    """Streamed shards vs the TP1 ``mcore_to_hf`` export: tensors, config.json and the other files."""
+    from safetensors.torch import load_file
+
+    ref = load_file(str(reference / "model.safetensors"))
+    shards = sorted(streamed.glob("*.safetensors"))
+    got = {k: v for f in shards for k, v in load_file(str(f)).items()}
+    files = lambda d: sorted(p.name for p in d.iterdir() if not p.name.startswith("model"))  # noqa: E731
+    return {"streamed_keys_equal": got.keys() == ref.keys(), "streamed_shards": len(shards),
+            "streamed_max_diff": max(float((got[k] - ref[k]).abs().max()) for k in ref) if got.keys() == ref.keys() else None,
+            "streamed_config_equal": json.loads((streamed / "config.json").read_text()) == json.loads((reference / "config.json").read_text()),
+            "streamed_files_equal": files(streamed) == files(reference)}
+
+
 def run_layouts(root: Path) -> None:
     import torch.distributed as dist
 
     for kind, (tp, pp) in KINDS.items():
         out = root / f"{kind}_tp{tp}pp{pp}"
         summary, actor = _import(root, kind, tp, pp, out)
-        _, _, _, lp = _probe(actor, out / "hf_tokenizer")
+        vocab, _, _, lp = _probe(actor, out / "hf_tokenizer")
         full = actor.full_state_dict()
+        streamed = _streamed_export(actor, vocab, out)
         if dist.get_rank() == 0:
             ref_full = torch.load(root / kind / "full.pt")
             ref = torch.load(root / kind / "probe.pt", weights_only=False)
@@ -96,6 +121,7 @@ def run_layouts(root: Path) -> None:
                 "weights_max_diff": max(float((ref_full[k] - full[k]).abs().max()) for k in ref_full),
                 "logprobs_max_diff": float((lp - ref["logprobs"]).abs().max()),
                 "memory_per_rank": summary["memory_per_rank"],
+                **_compare_exports(streamed, root / kind / "hf_export"),
             }
             (root / f"layout_{kind}.json").write_text(json.dumps(result))
         dist.barrier()
