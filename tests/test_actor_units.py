@@ -135,3 +135,30 @@ def test_flops_formula_by_hand():
     s = 3
     forward = 2 * s * 184 + 1 * 4 * s * s * 2 * 2
     assert math.isclose(train_flops_per_sequence(cfg, s, 10), 3 * forward)
+
+
+def test_single_process_group_can_be_created_again_in_the_same_process(tmp_path):
+    """A tool run in-process after another one (init, destroy, init) keeps the socket-free world-size-1 store.
+
+    Regression: the first init exported RANK/WORLD_SIZE, so the second took the multi-launcher branch and failed
+    with KeyError 'MASTER_ADDR' (seen when recast-eval and convert_checkpoint ran in one pytest process).
+    """
+    import os
+    import subprocess
+
+    script = (
+        "import os\n"
+        "from datetime import timedelta\n"
+        "import torch.distributed as dist\n"
+        "from recast_mcore.actor.parallel import init_default_group\n"
+        "for _ in range(2):\n"
+        "    init_default_group('gloo', timedelta(seconds=30))\n"
+        "    assert dist.get_world_size() == 1 and dist.get_rank() == 0\n"
+        "    dist.destroy_process_group()\n"
+        "print('ok', os.environ['RANK'], os.environ['WORLD_SIZE'], 'MASTER_ADDR' in os.environ)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ok", "0", "1", "False"]

@@ -35,14 +35,18 @@ def resolve_backend(parallel_cfg: ParallelConfig) -> str:
 def init_default_group(backend: str, timeout: timedelta) -> None:
     """The default process group; its rendezvous store never listens on every interface.
 
-    - no torchrun variables: world size 1 over an in-process ``HashStore`` (no socket at all);
+    - no torchrun variables (or world size 1 without ``MASTER_ADDR``, or a process that already ran single): world
+      size 1 over an in-process ``HashStore`` (no socket at all);
     - under torchrun (``TORCHELASTIC_USE_AGENT_STORE=True``): the ranks are clients of the torchrun agent's
       store (torchrun owns that socket, see docs/actor.md);
     - ranks started by another launcher (``RANK``/``WORLD_SIZE``/``MASTER_ADDR``/``MASTER_PORT`` set): rank 0
       hosts the store on a socket bound to ``MASTER_ADDR`` only (torch's own ``env://`` binds all interfaces).
     """
-    if "RANK" not in os.environ:
+    single = (_KEEP.get("single_process") or "RANK" not in os.environ
+              or (os.environ.get("WORLD_SIZE") == "1" and "MASTER_ADDR" not in os.environ))
+    if single:  # also a later group in the same process (tools and tests that init, destroy, init again)
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        _KEEP["single_process"] = True
         store, rank, world = dist.HashStore(), 0, 1
     elif os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true":
         store, rank, world = None, None, None
