@@ -1,0 +1,158 @@
+"""What a study runs: its config (``--quick`` merged in), and the run config of every stage and run.
+
+Layout of ``study_dir`` (everything the report reads is in here)::
+
+    study.yaml                     the resolved StudyConfig
+    configs/<run>.yaml             the full run config each recast-train / recast-eval call gets
+    references.json                popularity / count-Markov (/ oracle) on valid and test
+    sft/                           the SFT run directory (+ test_at_best.json)
+    sasrec/                        RecBole SASRec output (+ metrics.json, our metrics of its rankings)
+    runs/<arm>/seed_<s>/           one run directory per arm and seed (+ test_at_best.json)
+    logs/<run>.log                 stdout/stderr of every subprocess
+    report.md, valid_vs_budget.png, mechanism.png
+
+Run configs: base file -> ``base_set`` -> ``sft_set`` (SFT stage, more-SFT arm) or ``rl_set`` (RL arms) ->
+the arm's ``set`` -> what the study fixes (run_dir, seed, stage
+switches, the budget's steps and evaluation schedule). RL arms start from the SFT run's final checkpoint
+(which holds its best evaluation's weights) with ``rl.init_checkpoint``; the more-SFT arm (``kind: sft``)
+starts from it with ``sft.init_checkpoint`` and runs as many SFT steps as an RL arm at the base config's
+B x G has RL steps.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recast_mcore.config.base import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from recast_mcore.config.run import RunConfig
+from recast_mcore.config.study import ArmConfig, StudyConfig
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged into a copy of ``base``: mappings recursively, everything else (lists too) replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_study(path: str | Path, quick: bool = False, overrides: list[str] | None = None) -> tuple[StudyConfig, Path]:
+    """The StudyConfig of ``path`` (with its ``quick`` mapping merged when ``quick``) and the resolved base path."""
+    path = Path(path)
+    data = load_yaml(path)
+    source = str(path)
+    if quick:
+        if not data.get("quick"):
+            raise ConfigError(f"{path}: --quick needs a 'quick:' mapping in the study file")
+        data = deep_merge(data, data["quick"])
+        source += " (quick)"
+    if overrides:
+        data = apply_overrides(data, list(overrides))
+        source += " + --set overrides"
+    cfg = from_dict(StudyConfig, data, source=source)
+    return cfg, resolve_path(cfg.base, path.parent, "base")
+
+
+def resolve_path(name: str, study_dir_of_file: Path, what: str) -> Path:
+    """``name`` relative to the study file's directory, else to the working directory."""
+    for candidate in (study_dir_of_file / name, Path(name)):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{what}: {name} not found (looked in {study_dir_of_file} and {Path.cwd()})")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One recast-train run of the study."""
+
+    name: str
+    """Unique name: ``sft`` or ``<arm>_seed<s>`` (config and log file names)."""
+    run_dir: Path
+    arm: str
+    """Arm name (``sft`` for the SFT stage)."""
+    kind: str
+    """``sft_stage``, ``rl`` or ``sft`` (the more-SFT arm)."""
+    seed: int
+    config: dict[str, Any]
+    """The full run-config mapping (validated)."""
+
+
+
+class StudyPlan:
+    """Every run of a study, in execution order, with validated run configs."""
+
+    def __init__(self, cfg: StudyConfig, base_path: Path) -> None:
+        self.cfg = cfg
+        self.root = Path(cfg.study_dir)
+        self.base = apply_overrides(load_yaml(base_path), list(cfg.base_set))
+        self.base_run = self._validated(self.base, f"{base_path} + base_set")
+        self.sft = self._sft_stage()
+        self.runs = [self._arm_run(arm, seed) for seed in cfg.seeds for arm in cfg.arms]
+
+    # ------------------------------------------------------------------ helpers
+    def _validated(self, data: dict[str, Any], source: str) -> RunConfig:
+        return from_dict(RunConfig, copy.deepcopy(data), source=source)
+
+    @property
+    def step_rollouts(self) -> int:
+        """Rollouts of one RL step at the base config (B x G): the more-SFT arm's budget per step."""
+        return self.base_run.rl.prompts_per_step * self.base_run.rollout.sampling.group_size
+
+    def config_path(self, spec: RunSpec) -> Path:
+        return self.root / "configs" / f"{spec.name}.yaml"
+
+    def log_path(self, spec: RunSpec) -> Path:
+        return self.root / "logs" / f"{spec.name}.log"
+
+    # ------------------------------------------------------------------ stages
+    def _sft_stage(self) -> RunSpec:
+        data = apply_overrides(copy.deepcopy(self.base), list(self.cfg.sft_set))
+        run_dir = self.root / "sft"
+        data = apply_overrides(data, [
+            f"run_dir={run_dir}", "sft.enabled=true", "rl.enabled=false", "eval.split=valid",
+            "logging.progress_bar=false",
+        ])
+        self._validated(data, "sft stage")
+        return RunSpec(name="sft", run_dir=run_dir, arm="sft", kind="sft_stage", seed=int(data.get("seed", 1234)), config=data)
+
+    def _arm_run(self, arm: ArmConfig, seed: int) -> RunSpec:
+        stage_set = self.cfg.rl_set if arm.kind == "rl" else self.cfg.sft_set
+        start = apply_overrides(copy.deepcopy(self.base), list(stage_set))
+        data = apply_overrides(copy.deepcopy(start), list(arm.set))
+        run_dir = self.root / "runs" / arm.name / f"seed_{seed}"
+        run = self._validated(data, f"arm {arm.name}")
+        per_step = self.step_rollouts if arm.kind == "sft" else run.rl.prompts_per_step * run.rollout.sampling.group_size
+        budget = self.cfg.budget
+        if budget.rollouts % per_step or budget.eval_every % per_step:
+            raise ConfigError(
+                f"arm {arm.name}: budget.rollouts={budget.rollouts} and budget.eval_every={budget.eval_every} must be "
+                f"multiples of one step's rollouts ({per_step} = prompts_per_step x group_size)"
+            )
+        steps, every = budget.rollouts // per_step, budget.eval_every // per_step
+        common = [f"run_dir={run_dir}", f"seed={seed}", "eval.split=valid", "logging.progress_bar=false",
+                  f"checkpoint.save_interval={every}", "checkpoint.keep_last=1"]
+        if arm.kind == "rl":
+            stage = ["sft.enabled=false", "rl.enabled=true", f"rl.init_checkpoint={self.sft.run_dir}",
+                     f"rl.steps={steps}", f"rl.eval_every={every}", "eval.keep_best=true"]
+        else:
+            stage = ["sft.enabled=true", f"sft.init_checkpoint={self.sft.run_dir}", f"sft.max_steps={steps}",
+                     "sft.epochs=1000000", f"sft.eval_every={every}", "sft.patience=0", f"sft.save_every={every}",
+                     "rl.enabled=false"]
+        data = apply_overrides(data, common + stage)
+        self._validated(data, f"arm {arm.name} seed {seed}")
+        return RunSpec(name=f"{arm.name}_seed{seed}", run_dir=run_dir, arm=arm.name, kind=arm.kind, seed=seed, config=data)
+
+    def write_configs(self) -> None:
+        """Write study.yaml and configs/<run>.yaml (what every subprocess reads)."""
+        (self.root / "configs").mkdir(parents=True, exist_ok=True)
+        (self.root / "study.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
+        for spec in [self.sft, *self.runs]:
+            self.config_path(spec).write_text(yaml.safe_dump(spec.config, sort_keys=False))
