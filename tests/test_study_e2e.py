@@ -47,7 +47,7 @@ def test_quick_study_killed_resumed_and_report_regenerated(tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "grpo_seed1: training" not in done.stdout  # finished runs are skipped
     assert (first / "test_at_best.json").read_text() == first_test
-    assert len(json.loads((killed_run / "study_timing.json").read_text())["segments_s"]) == 1  # the completed segment
+    assert len(json.loads((killed_run / "study_timing.json").read_text())["train_wall_s"]) == 1  # the completed segment
     log = (root / "logs" / "recast_seed1.log").read_text()
     assert log.count("recast_mcore.trainer.cli") == 2  # the killed training and the one that continued it
     rl_steps = [json.loads(line)["step"] for line in (killed_run / "metrics.jsonl").read_text().splitlines()

@@ -211,18 +211,36 @@ def _per_step_table(res: StudyResults, columns: dict[str, str], scale: dict[str,
 
 
 def _runs_table(res: StudyResults, root: Path) -> list[str]:
-    lines = ["| arm | seed | best step | budget at best | valid (select) | test Pass@1 | test Recall@10 | test NDCG@10 | train wall s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| arm | seed | best step | budget at best | valid (select) | test Pass@1 | test Recall@10 | test NDCG@10 | wall s | CPU s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in res.runs:
-        timing = _read_json(root / "runs" / r.arm / f"seed_{r.seed}" / "study_timing.json")
-        wall = f"{sum(timing['segments_s']):.0f}" if timing else "-"
+        wall = _timing(root / "runs" / r.arm / f"seed_{r.seed}", "wall")
+        cpu = _timing(root / "runs" / r.arm / f"seed_{r.seed}", "cpu")
         if r.test is None:
-            lines.append(f"| {r.arm} | {r.seed} | (running) | | | | | | {wall} |")
+            lines.append(f"| {r.arm} | {r.seed} | (running) | | | | | | {wall} | {cpu} |")
             continue
         t, sel = r.test, r.test["select_metric"]
         lines.append(f"| {r.arm} | {r.seed} | {t['best_step']} | {t['best_budget']:,} | {sel} {t['valid'].get(sel, float('nan')):.4f} | "
-                     + " | ".join(_fmt(t["test"][k]) for k in TABLE_METRICS) + f" | {wall} |")
+                     + " | ".join(_fmt(t["test"][k]) for k in TABLE_METRICS) + f" | {wall} | {cpu} |")
     return lines
+
+
+def _timing(run_dir: Path, kind: str) -> str:
+    """Total wall or CPU seconds of a directory's completed subprocesses (study_timing.json), or '-'."""
+    timing = _read_json(run_dir / "study_timing.json")
+    if not timing:
+        return "-"
+    return f"{sum(sum(v) for k, v in timing.items() if k.endswith(f'_{kind}_s')):.0f}"
+
+
+def study_totals(root: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds of every completed subprocess of the study (SFT, SASRec, all runs)."""
+    wall = cpu = 0.0
+    for path in [root / "sft", root / "sasrec", *sorted((root / "runs").glob("*/seed_*"))]:
+        timing = _read_json(path / "study_timing.json") or {}
+        wall += sum(sum(v) for k, v in timing.items() if k.endswith("_wall_s"))
+        cpu += sum(sum(v) for k, v in timing.items() if k.endswith("_cpu_s"))
+    return wall, cpu
 
 
 def _read_json(path: Path) -> Any:
@@ -256,6 +274,11 @@ def _setup_lines(res: StudyResults, root: Path) -> list[str]:
         lines.append(f"- arm `{arm['name']}` ({arm.get('kind', 'rl')}): " + (", ".join(f"`{s}`" for s in arm.get("set", [])) or "base config"))
     if study.get("engine_note"):
         lines.append(f"- {study['engine_note']}")
+    wall, cpu = study_totals(root)
+    sft_wall, sft_cpu = _timing(root / "sft", "wall"), _timing(root / "sft", "cpu")
+    lines.append(f"- time of the completed subprocesses: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU "
+                 f"(SFT stage {sft_wall} s wall / {sft_cpu} s CPU); wall times depend on the machine's load, CPU "
+                 "seconds much less (a quiet 2-core machine needs roughly CPU / 2 to CPU of wall time)")
     return lines
 
 

@@ -8,7 +8,7 @@ A run is finished when its ``test_at_best.json`` exists; otherwise ``recast-trai
 config (which resumes from the run's own ``checkpoints/latest``, or returns at once when training is
 done) and the test split is scored. So a killed study resumes where it stopped: finished runs are
 skipped, a half-trained run continues from its last checkpoint, every subprocess appends to
-``logs/<run>.log``. Every run is a normal run directory (``recast-train``/``recast-eval`` work on it).
+``logs/<run>.log``; its wall and CPU seconds go to ``<run_dir>/study_timing.json``. Every run is a normal run directory (``recast-train``/``recast-eval`` work on it).
 
 The test split is scored ONCE per run, at its best validation by ``eval.select_metric`` (the first maximum
 over the run's evaluations; no test-set selection): RL arms keep that checkpoint (``eval.keep_best``), SFT
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -37,10 +38,15 @@ class StudyError(RuntimeError):
     """A stage of the study failed; the message names it and ends with its log's last lines."""
 
 
-def run_logged(cmd: list[str], log_path: Path, what: str) -> float:
-    """Run ``cmd`` with stdout/stderr appended to ``log_path``; raise StudyError on failure; returns seconds."""
+def run_logged(cmd: list[str], log_path: Path, what: str) -> tuple[float, float]:
+    """Run ``cmd`` with stdout/stderr appended to ``log_path``; raise StudyError on failure.
+
+    Returns (wall seconds, CPU seconds of the subprocess tree: user + system, RUSAGE_CHILDREN delta). On a
+    shared machine the CPU seconds are the load-independent cost (a quiet 2-core machine runs a 2-thread
+    job in about CPU seconds / 2 to CPU seconds of wall time)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with log_path.open("a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(map(str, cmd))}\n")
         log.flush()
@@ -48,7 +54,9 @@ def run_logged(cmd: list[str], log_path: Path, what: str) -> float:
     if proc.returncode != 0:
         tail = "\n".join(log_path.read_text().splitlines()[-25:])
         raise StudyError(f"{what} failed (exit code {proc.returncode}); last lines of {log_path}:\n{tail}")
-    return time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return time.perf_counter() - start, cpu
 
 
 def _python_module(module: str) -> list[str]:
@@ -90,12 +98,18 @@ def write_references(plan: StudyPlan, prepared: Path) -> None:
 def train(plan: StudyPlan, spec: RunSpec, echo: Echo) -> None:
     """recast-train on the run's config (resumes or returns at once when it is done)."""
     echo(f"[study] {spec.name}: training in {spec.run_dir}")
-    seconds = run_logged(_python_module("recast_mcore.trainer.cli") + ["--config", plan.config_path(spec)],
-                         plan.log_path(spec), f"recast-train {spec.name}")
-    timing_path = spec.run_dir / TIMING_FILE
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {"segments_s": []}
-    timing["segments_s"].append(round(seconds, 1))
-    _write_json(timing_path, timing)
+    seconds, cpu = run_logged(_python_module("recast_mcore.trainer.cli") + ["--config", plan.config_path(spec)],
+                              plan.log_path(spec), f"recast-train {spec.name}")
+    add_timing(spec.run_dir, "train", seconds, cpu)
+
+
+def add_timing(run_dir: Path, what: str, seconds: float, cpu: float) -> None:
+    """Append one completed subprocess's wall and CPU seconds to the run's study_timing.json."""
+    path = run_dir / TIMING_FILE
+    timing = json.loads(path.read_text()) if path.is_file() else {}
+    timing.setdefault(f"{what}_wall_s", []).append(round(seconds, 1))
+    timing.setdefault(f"{what}_cpu_s", []).append(round(cpu, 1))
+    _write_json(path, timing)
 
 
 def best_checkpoint(spec: RunSpec, step: int) -> Path:
@@ -123,9 +137,10 @@ def score_test(plan: StudyPlan, spec: RunSpec, echo: Echo) -> dict:
     checkpoint = best_checkpoint(spec, best["step"])
     tmp = spec.run_dir / "test_eval.json"
     echo(f"[study] {spec.name}: test split at step {best['step']} ({checkpoint.name})")
-    run_logged(_python_module("recast_mcore.eval.cli") + ["--config", plan.config_path(spec), "--checkpoint", checkpoint,
-                                                          "--split", "test", "--out", tmp],
-               plan.log_path(spec), f"recast-eval {spec.name}")
+    seconds, cpu = run_logged(_python_module("recast_mcore.eval.cli") + ["--config", plan.config_path(spec), "--checkpoint",
+                                                                       checkpoint, "--split", "test", "--out", tmp],
+                              plan.log_path(spec), f"recast-eval {spec.name}")
+    add_timing(spec.run_dir, "test", seconds, cpu)
     result = {"run": spec.name, "arm": spec.arm, "kind": spec.kind, "seed": spec.seed, "select_metric": select,
               "best_step": best["step"], "best_budget": eval_budget(best, spec.kind, spec.config), "checkpoint": str(checkpoint),
               "valid": {k: v for k, v in best.items() if "@" in k}, "test": json.loads(tmp.read_text())}
@@ -142,10 +157,9 @@ def run_study(plan: StudyPlan, echo: Echo = print) -> None:
     plan.write_configs()
     prepared = prepare_data(plan, echo)
     write_references(plan, prepared)
-    for spec in [plan.sft]:
-        if not (spec.run_dir / TEST_FILE).is_file():
-            train(plan, spec, echo)
-            score_test(plan, spec, echo)
+    if not (plan.sft.run_dir / TEST_FILE).is_file():
+        train(plan, plan.sft, echo)
+        score_test(plan, plan.sft, echo)
     if plan.cfg.sasrec.enabled:
         run_sasrec(plan, prepared, echo)
     for spec in plan.runs:

@@ -38,7 +38,7 @@ def score_ranked(ranked: list[list[int]], targets: list[list[int]], seen: list[l
 
 def run_sasrec(plan, prepared: Path, echo) -> None:
     from recast_mcore.data.dataset import PreparedDataset
-    from recast_mcore.study.runner import run_logged
+    from recast_mcore.study.runner import add_timing, run_logged
 
     cfg = plan.cfg.sasrec
     out = plan.root / "sasrec"
@@ -56,7 +56,8 @@ def run_sasrec(plan, prepared: Path, echo) -> None:
     echo("[study] SASRec (RecBole) on the same split")
     cmd = [python, DRIVER, "--prepared", prepared.resolve(), "--out", out.resolve(), "--epochs", str(cfg.epochs),
            "--stopping-step", str(cfg.stopping_step), *cfg.extra_args]
-    run_logged(cmd, plan.root / "logs" / "sasrec.log", "SASRec (tools/recbole/run_sasrec.py)")
+    seconds, cpu = run_logged(cmd, plan.root / "logs" / "sasrec.log", "SASRec (tools/recbole/run_sasrec.py)")
+    add_timing(out, "sasrec", seconds, cpu)
     ds = PreparedDataset.load(prepared)
     exclude = bool(plan.sft.config.get("eval", {}).get("exclude_history", False))
     seen = {"valid": ds.train_sequences, "test": [t + v for t, v in zip(ds.train_sequences, ds.valid_targets)]}
