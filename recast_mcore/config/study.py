@@ -89,6 +89,8 @@ class StudyConfig:
     """Seeds of every arm (`seed` of the run config: prompts, rollouts, everything random)."""
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     """Matched rollout budget and validation schedule."""
+    test_max_users: int = 0
+    """Users scored on the test split (the first N, 0 = all); validation uses the base config's `eval.max_users`."""
     baseline_arm: str = "grpo"
     """Arm the report's relative gains and budget-to-match are measured against."""
     sasrec: SasrecConfig = field(default_factory=SasrecConfig)
@@ -100,6 +102,7 @@ class StudyConfig:
 
     def validate(self) -> None:
         _require(bool(self.base), "base: a base run config is required")
+        _require(self.test_max_users >= 0, f"test_max_users must be >= 0, got {self.test_max_users}")
         _require(bool(self.arms), "arms: list at least one arm")
         names = [a.name for a in self.arms]
         _require(len(set(names)) == len(names), f"arm names must be unique, got {names}")

@@ -268,8 +268,9 @@ def _setup_lines(res: StudyResults, root: Path) -> list[str]:
                      f"SFT `{s['examples']}` examples, batch {s['batch_size']}, lr {sft_cfg['optim']['lr']}, eval every {s['eval_every']} steps, "
                      f"patience {s['patience']}" + (f"; SFT ended on step {res.sft['best_step']}" if res.sft else ""))
         lines.append(f"- rollout engine `{r['engine']}` (G={r['sampling']['group_size']}, temperature {r['sampling']['temperature']}); "
-                     f"evaluation: exact constrained beam search, width {e['beam_width']}, "
-                     f"{e['max_users'] or 'all'} users")
+                     f"evaluation: exact constrained beam search, width {e['beam_width']}, seen items "
+                     f"{'dropped' if e.get('exclude_history') else 'kept'}, valid on {e['max_users'] or 'all'} users, "
+                     f"test on {study.get('test_max_users') or 'all'} users")
     for arm in study["arms"]:
         lines.append(f"- arm `{arm['name']}` ({arm.get('kind', 'rl')}): " + (", ".join(f"`{s}`" for s in arm.get("set", [])) or "base config"))
     if study.get("engine_note"):
@@ -294,8 +295,10 @@ def render(res: StudyResults, root: Path) -> str:
     out += _setup_lines(res, root)
     out += ["", "## Test metrics at each run's best validation (mean ± sd over seeds)", ""]
     out += _test_table(res)
-    out += ["", "Reference rows are single runs on the same test split (history = train + valid items). "
-            "The oracle row is the expected value of the Bayes-optimal ranking (synthetic data only).", ""]
+    scored = res.references.get("users_scored", {})
+    out += ["", f"Every row is scored on the same {scored.get('test', 'all')} test users (history = train + valid items; "
+            f"validation: {scored.get('valid', 'all')} users). Reference rows are single runs; the oracle row is the "
+            "expected value of the Bayes-optimal ranking (synthetic data only).", ""]
     out += ["## Rollout budget to reach the baseline's best validation Pass@1", ""] + _match_lines(res, curves) + [""]
     if curves:
         _plot_curves(res, curves, root / "valid_vs_budget.png")

@@ -77,22 +77,43 @@ def prepare_data(plan: StudyPlan, echo: Echo) -> Path:
 
 
 def write_references(plan: StudyPlan, prepared: Path) -> None:
-    """references.json: the prepared dataset's summary and its count baselines (and oracle) on valid and test."""
+    """references.json: the prepared dataset's summary and its count baselines (and, on synthetic data, the
+    oracle) on exactly the users the models are scored on: the first ``eval.max_users`` valid users and the
+    first ``test_max_users`` test users (0 = all); counts always come from every training sequence."""
     out = plan.root / "references.json"
     if out.is_file():
         return
-    from recast_mcore.data.baseline import split_baselines
+    from recast_mcore.data.baseline import count_baselines
     from recast_mcore.data.dataset import PreparedDataset
 
     ds = PreparedDataset.load(prepared)
-    meta = ds.meta
-    baselines = {"valid": meta.get("baselines_valid"), "test": meta.get("baselines_test")}
-    if baselines["test"] is None:  # prepared before test baselines existed
-        baselines = split_baselines(ds.train_sequences, ds.valid_targets, ds.test_targets, ds.num_items)
+    n_valid = plan.sft.config.get("eval", {}).get("max_users", 0) or ds.num_users
+    n_test = plan.cfg.test_max_users or ds.num_users
+    train, valid, test = ds.train_sequences, ds.valid_targets, ds.test_targets
+    baselines = {
+        "valid": count_baselines(train, valid[:n_valid], ds.num_items, histories=train[:n_valid]),
+        "test": count_baselines(train, test[:n_test], ds.num_items, histories=[t + v for t, v in zip(train[:n_test], valid)]),
+    }
+    if ds.meta.get("dataset") == "synthetic":
+        add_oracle(prepared, baselines, {"valid": (valid, n_valid), "test": (test, n_test)})
     keys = ("dataset", "users", "items", "interactions", "sparsity", "mean_sequence_length", "max_history", "target_set_size")
-    summary = {k: meta.get(k) for k in keys}
-    summary["semantic_ids"] = {k: meta["semantic_ids"].get(k) for k in ("codes_per_level", "item_len", "collision_rate")}
-    _write_json(out, {"prepared_dir": str(prepared), "dataset": summary, "baselines": baselines})
+    summary = {k: ds.meta.get(k) for k in keys}
+    summary["semantic_ids"] = {k: ds.meta["semantic_ids"].get(k) for k in ("codes_per_level", "item_len", "collision_rate")}
+    _write_json(out, {"prepared_dir": str(prepared), "dataset": summary, "users_scored": {"valid": n_valid, "test": n_test},
+                      "baselines": baselines})
+
+
+def add_oracle(prepared: Path, baselines: dict, splits: dict) -> None:
+    """The Bayes-optimal oracle (data/oracle.py) of the generator in the prepared config, on the same users."""
+    from recast_mcore.config.base import load_config
+    from recast_mcore.config.data import DataConfig
+    from recast_mcore.data.oracle import oracle_metrics
+
+    cfg = load_config(DataConfig, prepared / "config.yaml")
+    users = [line.split("\t")[1] for line in (prepared / "users.tsv").read_text().splitlines()[1:]]
+    items = [line.split("\t")[1] for line in (prepared / "items.tsv").read_text().splitlines()[1:]]
+    for split, (targets, n) in splits.items():
+        baselines[split]["oracle"] = oracle_metrics(cfg.synthetic, users[:n], items, targets[:n])
 
 
 def train(plan: StudyPlan, spec: RunSpec, echo: Echo) -> None:
@@ -138,7 +159,8 @@ def score_test(plan: StudyPlan, spec: RunSpec, echo: Echo) -> dict:
     tmp = spec.run_dir / "test_eval.json"
     echo(f"[study] {spec.name}: test split at step {best['step']} ({checkpoint.name})")
     seconds, cpu = run_logged(_python_module("recast_mcore.eval.cli") + ["--config", plan.config_path(spec), "--checkpoint",
-                                                                       checkpoint, "--split", "test", "--out", tmp],
+                                                                       checkpoint, "--split", "test", "--out", tmp,
+                                                                       "--set", f"eval.max_users={plan.cfg.test_max_users}"],
                               plan.log_path(spec), f"recast-eval {spec.name}")
     add_timing(spec.run_dir, "test", seconds, cpu)
     result = {"run": spec.name, "arm": spec.arm, "kind": spec.kind, "seed": spec.seed, "select_metric": select,

@@ -62,7 +62,9 @@ def run_sasrec(plan, prepared: Path, echo) -> None:
     exclude = bool(plan.sft.config.get("eval", {}).get("exclude_history", False))
     seen = {"valid": ds.train_sequences, "test": [t + v for t, v in zip(ds.train_sequences, ds.valid_targets)]}
     result = {"exclude_history": exclude, "recbole": json.loads((out / "recbole_metrics.json").read_text())}
+    users = json.loads((plan.root / "references.json").read_text())["users_scored"]  # the same users as every row
     for split, targets in (("valid", ds.valid_targets), ("test", ds.test_targets)):
-        ranked = json.loads((out / f"ranked_{split}.json").read_text())
-        result[split] = score_ranked(ranked, targets, seen[split] if exclude else None)
+        n = users[split]
+        ranked = json.loads((out / f"ranked_{split}.json").read_text())[:n]
+        result[split] = score_ranked(ranked, targets[:n], seen[split][:n] if exclude else None)
     (out / "metrics.json").write_text(json.dumps(result, indent=1) + "\n")
