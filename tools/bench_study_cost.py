@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     prompts = EpochSampler(ds.examples("train"), 32, 1, "bench")
 
     def rollout():
-        return build_step_batch(1, job.engine, prompts, vocab, cfg.rollout.sampling, cfg.reward, cfg.signal, job.actor.logprobs)
+        return build_step_batch(1, job.engine, prompts, vocab, cfg.rollout, cfg.reward, cfg.signal, job.actor.logprobs)
 
     cpu, wall, (batch, _) = timed(rollout, 2)
     out[f"rollout_32xG{cfg.rollout.sampling.group_size}_and_batch"] = (cpu, wall)

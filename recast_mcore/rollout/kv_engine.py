@@ -26,7 +26,7 @@ import torch
 
 from recast_mcore.config.rollout import RolloutConfig, SamplingConfig
 from recast_mcore.rollout.base import EngineResources, register_engine
-from recast_mcore.rollout.beam import constrained_beam_search
+from recast_mcore.rollout.beam import constrained_beam_search, masked_top_candidates
 from recast_mcore.rollout.catalog import ItemCatalog, check_prompts
 from recast_mcore.rollout.cpu_bridge import declare_torchvision_ops_in_process
 from recast_mcore.rollout.torch_engine import sample_constrained
@@ -139,18 +139,19 @@ class KVCacheRolloutEngine:
         v = self.catalog.vocab_size
         prompt = PromptCache(self.model, prompts, v)
 
-        def next_logprobs(owner: list[int], prefixes: list[list[int]]) -> torch.Tensor:
-            rows = torch.tensor(owner, dtype=torch.long)
-            if not prefixes[0]:
-                return torch.log_softmax(prompt.last[rows], -1)
-            tokens = torch.tensor(prefixes, dtype=torch.long)
-            out = []
-            for lo in range(0, rows.shape[0], self.batch_size):
-                sub = rows[lo : lo + self.batch_size]
-                out.append(prompt.continue_rows(self.model, sub, tokens[lo : lo + self.batch_size], prompt.rows(sub), v))
-            return torch.log_softmax(torch.cat(out), -1)
+        def top_candidates(owner: torch.Tensor, prefixes: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            allowed = self.catalog.allowed_mask(prefixes.tolist())
+            if prefixes.shape[1] == 0:
+                return masked_top_candidates(prompt.last[owner], allowed, k)
+            parts = []
+            for lo in range(0, owner.shape[0], self.batch_size):
+                sub = owner[lo : lo + self.batch_size]
+                logits = prompt.continue_rows(self.model, sub, prefixes[lo : lo + self.batch_size], prompt.rows(sub), v)
+                parts.append(masked_top_candidates(logits, allowed[lo : lo + self.batch_size], k))
+            return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-        return constrained_beam_search(len(prompts), self.catalog, beam_width, next_logprobs)
+        cat = self.catalog
+        return constrained_beam_search(len(prompts), cat.item_len, cat.eos_id, beam_width, top_candidates, v)
 
     def update_weights(self, hf_state_dict: dict[str, torch.Tensor] | None, version: int) -> None:
         """Load the gathered HF-layout weights (a tied model has no lm_head entry) as ``version``."""
