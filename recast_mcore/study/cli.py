@@ -3,6 +3,7 @@
     recast-study --config examples/study/ml-100k.yaml            # run (or resume) the study, then the report
     recast-study --config examples/study/ml-100k.yaml --quick    # the tiny variant (its `quick:` section)
     recast-study --config examples/study/ml-100k.yaml --report-only   # rebuild report.md + PNGs from the runs
+    recast-study --config examples/study/ml-100k.yaml --shared-only   # data, references, SFT, SASRec; no arms
 
 Runs are subprocesses (recast-train / recast-eval) one after another; kill and rerun to resume.
 Exit codes: 0 done, 2 bad config or setup, 1 a stage failed (its log's tail is printed).
@@ -21,6 +22,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="study YAML (see examples/study/)")
     parser.add_argument("--quick", action="store_true", help="merge the file's `quick:` mapping (tiny variant)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild the report from the study directory")
+    parser.add_argument("--shared-only", action="store_true",
+                        help="run only what every arm shares (data, references, SFT, SASRec), then stop")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a study-config value, e.g. --set study_dir=runs/s2 (repeatable)")
     return parser.parse_args(argv)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recast-study: error: {exc}", file=sys.stderr)
         return 2
     try:
-        run_study(plan)
+        run_study(plan, shared_only=args.shared_only)
     except StudyError as exc:
         print(f"recast-study: {exc}", file=sys.stderr)
         return 1

@@ -171,8 +171,9 @@ def score_test(plan: StudyPlan, spec: RunSpec, echo: Echo) -> dict:
     return result
 
 
-def run_study(plan: StudyPlan, echo: Echo = print) -> None:
-    """Everything, in order, skipping what is already done (module docstring)."""
+def run_study(plan: StudyPlan, echo: Echo = print, shared_only: bool = False) -> None:
+    """Everything, in order, skipping what is already done (module docstring); ``shared_only`` stops
+    after the stages every arm shares (data, references, SFT, SASRec)."""
     from recast_mcore.study.report import write_report
     from recast_mcore.study.sasrec import run_sasrec
 
@@ -184,6 +185,9 @@ def run_study(plan: StudyPlan, echo: Echo = print) -> None:
         score_test(plan, plan.sft, echo)
     if plan.cfg.sasrec.enabled:
         run_sasrec(plan, prepared, echo)
+    if shared_only:
+        write_report(plan.root, echo=echo)
+        return
     for spec in plan.runs:
         if (spec.run_dir / TEST_FILE).is_file():
             continue
