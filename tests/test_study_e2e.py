@@ -1,5 +1,5 @@
 """recast-study end to end: the --quick variant of examples/study/stochastic.yaml (one seed), killed in
-the middle of its second arm, resumed (finished runs skipped, the killed run continued), then the report
+the middle of its second arm (of five: GRPO, ReCast in both readings, GRPO+GT, more SFT), resumed (finished runs skipped, the killed run continued), then the report
 regenerated from the run directories alone (identical). ~2-3 minutes on 2 cores."""
 
 import json
@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "examples" / "study" / "stochastic.yaml"
+ARMS = ("grpo", "recast-contrast", "recast-adv", "grpo-gt", "more-sft")
 
 
 def _cmd(*extra: str) -> list[str]:
@@ -29,7 +30,7 @@ def _env() -> dict:
 
 def test_quick_study_killed_resumed_and_report_regenerated(tmp_path):
     root = tmp_path / "runs" / "study" / "quick"
-    killed_run = root / "runs" / "recast" / "seed_1"
+    killed_run = root / "runs" / "recast-contrast" / "seed_1"
     proc = subprocess.Popen(_cmd(), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     deadline = time.time() + 600
@@ -48,18 +49,18 @@ def test_quick_study_killed_resumed_and_report_regenerated(tmp_path):
     assert "grpo_seed1: training" not in done.stdout  # finished runs are skipped
     assert (first / "test_at_best.json").read_text() == first_test
     assert len(json.loads((killed_run / "study_timing.json").read_text())["train_wall_s"]) == 1  # the completed segment
-    log = (root / "logs" / "recast_seed1.log").read_text()
+    log = (root / "logs" / "recast-contrast_seed1.log").read_text()
     assert log.count("recast_mcore.trainer.cli") == 2  # the killed training and the one that continued it
     rl_steps = [json.loads(line)["step"] for line in (killed_run / "metrics.jsonl").read_text().splitlines()
                 if json.loads(line)["stage"] == "rl"]
     assert rl_steps == sorted(set(rl_steps)) and rl_steps[-1] == 2  # resumed: every step once
-    for arm in ("grpo", "recast", "more-sft"):
+    for arm in ARMS:
         result = json.loads((root / "runs" / arm / "seed_1" / "test_at_best.json").read_text())
         assert result["test"]["split"] == "test" and 0.0 <= result["test"]["ndcg@10"] <= 1.0
         assert result["best_budget"] in (32, 64)
 
     report = (root / "report.md").read_text()
-    for arm in ("grpo", "recast", "more-sft"):
+    for arm in ARMS:
         assert f"| {arm} | 1 |" in report
     assert "count-Markov" in report and "SFT (the arms' start)" in report
     for name in ("report.md", "valid_vs_budget.png", "mechanism.png"):

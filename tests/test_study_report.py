@@ -21,22 +21,24 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def _run(root: Path, arm: str, seed: int, valid_p1: list[float], test_p1: float, kind: str = "rl") -> None:
-    """A finished run: evals at steps 1..n (budget 8 per step), RL step records, test_at_best.json."""
+def _run(root: Path, arm: str, seed: int, valid_p1: list[float], test_p1: float, more_sft: bool = False) -> None:
+    """A finished run: evals at steps 1..n (budget 8 per step; 0 for the more-SFT control), RL step records,
+    config.yaml, test_at_best.json."""
     run_dir = root / "runs" / arm / f"seed_{seed}"
     records = []
     for step, p1 in enumerate(valid_p1, start=1):
-        if kind == "rl":
-            records.append({"stage": "rl", "step": step, "rollout_budget": 8 * step, "actor_time_s": 0.5 * seed,
-                            "signal/frac_all_zero": 0.25, "update_width": 2.0})
-        records.append({"stage": "eval", "step": step, "rollout_budget": 8 * step if kind == "rl" else 0,
-                        "at_stage": "rl" if kind == "rl" else "sft", "pass@1": p1, "recall@10": 2 * p1, "ndcg@10": 1.5 * p1})
+        budget = 0 if more_sft else 8 * step
+        records.append({"stage": "rl", "step": step, "rollout_budget": budget, "rollouts": 0.0 if more_sft else 8.0,
+                        "actor_time_s": 0.5 * seed, "signal/frac_all_zero": 0.25, "update_width": 2.0})
+        records.append({"stage": "eval", "step": step, "rollout_budget": budget, "at_stage": "rl",
+                        "pass@1": p1, "recall@10": 2 * p1, "ndcg@10": 1.5 * p1})
     _write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    _write(run_dir / "config.yaml", yaml.safe_dump({"rl": {"prompts_per_step": B}, "rollout": {"sampling": {"group_size": G}}}))
+    config = {"rl": {"prompts_per_step": B, "mode": "more_sft" if more_sft else "rl"}, "rollout": {"sampling": {"group_size": G}}}
+    _write(run_dir / "config.yaml", yaml.safe_dump(config))
     best = best_evaluation([r for r in records if r["stage"] == "eval"], "ndcg@10")
     test = {"pass@1": test_p1, "recall@10": 2 * test_p1, "ndcg@10": 1.5 * test_p1}
     _write(run_dir / "test_at_best.json", json.dumps({
-        "run": f"{arm}_seed{seed}", "arm": arm, "kind": kind, "seed": seed, "select_metric": "ndcg@10",
+        "run": f"{arm}_seed{seed}", "arm": arm, "kind": "arm", "seed": seed, "select_metric": "ndcg@10",
         "best_step": best["step"], "best_budget": 8 * best["step"], "valid": {"ndcg@10": best["ndcg@10"]}, "test": test}))
 
 
@@ -44,8 +46,7 @@ def _run(root: Path, arm: str, seed: int, valid_p1: list[float], test_p1: float,
 def study_dir(tmp_path):
     root = tmp_path / "study"
     study = {"name": "toy", "seeds": [1, 2], "baseline_arm": "grpo", "budget": {"rollouts": 32, "eval_every": 8},
-             "arms": [{"name": "grpo", "kind": "rl", "set": []}, {"name": "recast", "kind": "rl", "set": []},
-                      {"name": "more-sft", "kind": "sft", "set": []}]}
+             "arms": [{"name": "grpo", "set": []}, {"name": "recast", "set": []}, {"name": "more-sft", "set": ["rl.mode=more_sft"]}]}
     _write(root / "study.yaml", yaml.safe_dump(study))
     _write(root / "references.json", json.dumps({"prepared_dir": "x", "dataset": {"dataset": "synthetic"}, "baselines": {
         "valid": {"markov": {"pass@1": 0.2, "recall@10": 0.5, "ndcg@10": 0.3}},
@@ -57,8 +58,8 @@ def study_dir(tmp_path):
     _run(root, "grpo", 2, [0.12, 0.14, 0.18, 0.16], 0.30)
     _run(root, "recast", 1, [0.16, 0.18, 0.10, 0.10], 0.25)
     _run(root, "recast", 2, [0.18, 0.16, 0.10, 0.10], 0.35)
-    _run(root, "more-sft", 1, [0.11, 0.11, 0.11, 0.11], 0.10, kind="sft")
-    _run(root, "more-sft", 2, [0.11, 0.11, 0.11, 0.11], 0.12, kind="sft")
+    _run(root, "more-sft", 1, [0.11, 0.11, 0.11, 0.11], 0.10, more_sft=True)
+    _run(root, "more-sft", 2, [0.11, 0.11, 0.11, 0.11], 0.12, more_sft=True)
     return root
 
 
@@ -71,7 +72,7 @@ def test_curves_and_budget_to_match_by_hand(study_dir):
     # grpo's best mean valid Pass@1 is 0.17 at budget 24; recast's mean curve first reaches it at budget 8 (0.17)
     assert budget_to_match(grpo, recast) == (pytest.approx(100 * 8 / 24), 8, 24)
     more = mean_curve(res.by_arm("more-sft"), None)
-    assert sorted(more) == [8, 16, 24, 32]  # SFT steps x B x G
+    assert sorted(more) == [8, 16, 24, 32]  # steps x B x G (the control samples nothing)
     assert budget_to_match(grpo, more)[0] is None
 
 
@@ -95,14 +96,15 @@ def test_quick_merge_and_plan_fix_the_budget(tmp_path):
     cfg, base = load_study(REPO / "examples" / "study" / "stochastic.yaml", quick=True,
                            overrides=[f"study_dir={tmp_path / 's'}"])
     plan = StudyPlan(cfg, base)
-    assert [s.name for s in plan.runs][:3] == ["grpo_seed1", "recast_seed1", "more-sft_seed1"]
+    assert [s.name for s in plan.runs][:2] == ["grpo_seed1", "recast-contrast_seed1"]
     grpo = plan.runs[0].config
     per_step = grpo["rl"]["prompts_per_step"] * grpo["rollout"]["sampling"]["group_size"]
     assert grpo["rl"]["steps"] * per_step == cfg.budget.rollouts and grpo["sft"]["enabled"] is False
-    assert grpo["rl"]["init_checkpoint"] == str(plan.sft.run_dir) and grpo["eval"]["keep_best"] is True
-    more = plan.runs[2].config
-    assert more["sft"]["max_steps"] == grpo["rl"]["steps"] and more["rl"]["enabled"] is False
-    assert more["sft"]["examples"] == plan.sft.config["sft"]["examples"]  # the SFT stage's settings
+    assert grpo["checkpoint"]["load_dir"] == str(plan.sft.run_dir) and grpo["eval"]["keep_best"] is True
+    assert grpo["signal"]["builder"] == "grpo" and grpo["rl"]["eval_every"] * per_step == cfg.budget.eval_every
+    more = next(s.config for s in plan.runs if s.arm == "more-sft")
+    assert more["rl"]["mode"] == "more_sft" and more["rl"]["steps"] == grpo["rl"]["steps"]
+    assert more["sft"]["examples"] == plan.sft.config["sft"]["examples"]  # continues the SFT stage's feed
     with pytest.raises(ConfigError, match="multiples of one step's rollouts"):
         StudyPlan(load_study(REPO / "examples" / "study" / "stochastic.yaml", quick=True,
                              overrides=["budget.rollouts=60", "budget.eval_every=20"])[0], base)

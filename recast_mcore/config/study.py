@@ -9,7 +9,7 @@ own top-level keys by ``--quick`` (lists are replaced), so a test can run the sa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 
 def _require(ok: bool, message: str) -> None:
@@ -23,12 +23,9 @@ class ArmConfig:
 
     name: str
     """Short name (a directory name: letters, digits, '-', '_'); the report's label."""
-    kind: Literal["rl", "sft"] = "rl"
-    """`rl`: the RL stage starting from the study's SFT checkpoint. `sft`: the more-SFT control, continuing
-    SFT from that checkpoint for the same number of optimizer steps as an RL arm at the base config's
-    prompts_per_step x group_size (its x axis is that equivalent rollout budget; it samples nothing)."""
     set: list[str] = field(default_factory=list)
-    """Run-config overrides of this arm, e.g. `signal.builder=grpo`."""
+    """Run-config overrides of this arm, e.g. `signal.builder=grpo`; the more-SFT control is `rl.mode=more_sft`
+    (same steps, evaluations and checkpoints, one more SFT step each instead of a rollout and RL update)."""
 
     def validate(self) -> None:
         _require(bool(self.name) and all(c.isalnum() or c in "-_" for c in self.name),
@@ -79,10 +76,11 @@ class StudyConfig:
     base_set: list[str] = field(default_factory=list)
     """Overrides applied to every run of the study (SFT and arms)."""
     sft_set: list[str] = field(default_factory=list)
-    """Overrides of the SFT stage (e.g. sft.eval_every, sft.patience; also used by `kind: sft` arms); its
-    RL stage is always off. No `eval.*` or `data.*` keys: budget 0 of every curve is the SFT evaluation."""
+    """Overrides of the SFT stage (e.g. sft.eval_every, sft.patience); also applied to every arm (a
+    `rl.mode=more_sft` arm continues SFT with them). No `eval.*` or `data.*` keys: budget 0 of every curve is
+    the SFT evaluation."""
     rl_set: list[str] = field(default_factory=list)
-    """Overrides applied to every `kind: rl` arm before its own (e.g. the RL learning rate)."""
+    """Overrides applied to every arm before its own (e.g. `rl.optim.lr`, the RL learning rate)."""
     arms: list[ArmConfig] = field(default_factory=list)
     """The arms compared."""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])

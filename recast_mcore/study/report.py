@@ -57,7 +57,7 @@ def budget_to_match(base: dict[int, dict[str, tuple[float, float]]], arm: dict[i
     if not scored:
         return None, None, None
     best_b, best_v = max(scored, key=lambda bv: (bv[1], -bv[0]))
-    reach = next((b for b, v in sorted(arm.items()) if not math.isnan(v[metric][0]) and v[metric][0] >= best_v), None)
+    reach = next((b for b, v in sorted(arm.items()) if b > 0 and not math.isnan(v[metric][0]) and v[metric][0] >= best_v), None)
     if reach is None:
         return None, None, best_b
     return 100.0 * reach / best_b, reach, best_b
@@ -128,8 +128,12 @@ def _match_lines(res: StudyResults, curves: dict[str, dict]) -> list[str]:
     if len(lines) > 2:
         _, _, best_b = budget_to_match(curves[base_arm], curves[base_arm])
         best_v = curves[base_arm][best_b]["pass@1"][0]
+        start = curves[base_arm].get(0, {}).get("pass@1", (float("nan"),))[0]
         lines.append(f"\n{base_arm}'s best mean valid Pass@1 is {best_v:.4f} at budget {best_b:,} "
-                     f"(budget 0 = the SFT checkpoint, mean valid Pass@1 {curves[base_arm].get(0, {}).get('pass@1', (float('nan'),))[0]:.4f}).")
+                     f"(budget 0 = the SFT checkpoint, mean valid Pass@1 {start:.4f}).")
+        if not best_v > start:
+            lines.append(f"{base_arm} never improved on the SFT checkpoint's valid Pass@1, so these budgets say nothing "
+                         "about learning speed.")
     return lines
 
 
@@ -272,7 +276,10 @@ def _setup_lines(res: StudyResults, root: Path) -> list[str]:
                      f"{'dropped' if e.get('exclude_history') else 'kept'}, valid on {e['max_users'] or 'all'} users, "
                      f"test on {study.get('test_max_users') or 'all'} users")
     for arm in study["arms"]:
-        lines.append(f"- arm `{arm['name']}` ({arm.get('kind', 'rl')}): " + (", ".join(f"`{s}`" for s in arm.get("set", [])) or "base config"))
+        lines.append(f"- arm `{arm['name']}`: " + (", ".join(f"`{s}`" for s in arm.get("set", [])) or "base config"))
+    for key, label in (("sft_set", "SFT stage"), ("rl_set", "every arm")):
+        if study.get(key):
+            lines.append(f"- {label}: " + ", ".join(f"`{s}`" for s in study[key]))
     if study.get("engine_note"):
         lines.append(f"- {study['engine_note']}")
     wall, cpu = study_totals(root)

@@ -1,7 +1,8 @@
 """Reading a study back from its directory alone (study.yaml, references.json, the run directories).
 
-Per run: the validation curve (eval records of its stage, x = cumulative rollout budget; for the
-more-SFT arm x = SFT step x B x G of its config, the budget an RL arm spends in as many steps), the test
+Per run: the validation curve (its RL-stage evaluations, x = cumulative rollout budget; for the more-SFT
+control x = step x the rollouts one RL step of its config samples, the budget an RL arm spends in as many
+steps), the test
 metrics at its best validation (``test_at_best.json``), the per-step mechanism and cost figures of RL
 records. Nothing here is recomputed from a model: every number is read from files.
 """
@@ -54,7 +55,6 @@ class RunResult:
 
     arm: str
     seed: int
-    kind: str
     curve: list[tuple[int, dict[str, float]]]
     """(rollout budget, valid metrics) per evaluation."""
     test: dict[str, Any] | None
@@ -90,19 +90,23 @@ def _metrics(record: dict[str, Any]) -> dict[str, float]:
     return {k: record[k] for k in record if "@" in k and record[k] is not None}
 
 
-def eval_budget(record: dict[str, Any], kind: str, config: dict[str, Any]) -> int:
-    """x of an evaluation: its rollout budget (RL), or SFT step x B x G of the run's config (more-SFT arm)."""
-    if kind != "sft":
+def eval_budget(record: dict[str, Any], config: dict[str, Any]) -> int:
+    """x of an RL-stage evaluation: its rollout budget; for the more-SFT control (``rl.mode: more_sft``, which
+    samples nothing) RL step x the candidates one RL step of its config would sample."""
+    if config.get("rl", {}).get("mode", "rl") != "more_sft":
         return int(record["rollout_budget"])
-    return int(record["step"]) * config["rl"]["prompts_per_step"] * config["rollout"]["sampling"]["group_size"]
+    from recast_mcore.config.base import from_dict
+    from recast_mcore.config.run import RunConfig
+    from recast_mcore.study.spec import step_rollouts
+
+    return int(record["step"]) * step_rollouts(from_dict(RunConfig, config, source="run config.yaml"))
 
 
-def read_run(run_dir: Path, arm: str, seed: int, kind: str) -> RunResult:
+def read_run(run_dir: Path, arm: str, seed: int) -> RunResult:
     config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    stage = "sft" if kind == "sft" else "rl"
-    curve = [(eval_budget(r, kind, config), _metrics(r)) for r in eval_records(run_dir, stage)]
-    steps = [r for r in read_records(run_dir / "metrics.jsonl") if r["stage"] == "rl"]
-    return RunResult(arm=arm, seed=seed, kind=kind, curve=curve, test=_json(run_dir / "test_at_best.json"), steps=steps)
+    curve = [(eval_budget(r, config), _metrics(r)) for r in eval_records(run_dir, "rl")]
+    steps = [r for r in read_records(run_dir / "metrics.jsonl") if r["stage"] == "rl" and r.get("rollouts")]
+    return RunResult(arm=arm, seed=seed, curve=curve, test=_json(run_dir / "test_at_best.json"), steps=steps)
 
 
 def read_study(root: str | Path) -> StudyResults:
@@ -114,7 +118,7 @@ def read_study(root: str | Path) -> StudyResults:
         for arm in study["arms"]:
             run_dir = root / "runs" / arm["name"] / f"seed_{seed}"
             if (run_dir / "metrics.jsonl").is_file():
-                runs.append(read_run(run_dir, arm["name"], seed, arm.get("kind", "rl")))
+                runs.append(read_run(run_dir, arm["name"], seed))
     sasrec = _json(root / "sasrec" / "metrics.json")
     if sasrec is None and (root / "sasrec" / "not_run.txt").is_file():
         sasrec = {"not_run": (root / "sasrec" / "not_run.txt").read_text().strip()}

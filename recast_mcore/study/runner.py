@@ -11,8 +11,8 @@ skipped, a half-trained run continues from its last checkpoint, every subprocess
 ``logs/<run>.log``; its wall and CPU seconds go to ``<run_dir>/study_timing.json``. Every run is a normal run directory (``recast-train``/``recast-eval`` work on it).
 
 The test split is scored ONCE per run, at its best validation by ``eval.select_metric`` (the first maximum
-over the run's evaluations; no test-set selection): RL arms keep that checkpoint (``eval.keep_best``), SFT
-runs end on it (trainer/sft.py).
+over the run's evaluations; no test-set selection): arms keep that checkpoint (``eval.keep_best``), the SFT
+run ends on it (trainer/sft.py).
 """
 
 from __future__ import annotations
@@ -134,12 +134,9 @@ def add_timing(run_dir: Path, what: str, seconds: float, cpu: float) -> None:
 
 
 def best_checkpoint(spec: RunSpec, step: int) -> Path:
-    """RL arms: the kept ``rl_step_<best>``; SFT runs: their final checkpoint (it holds the best weights)."""
+    """Arms: the kept ``rl_step_<best>``; the SFT stage: its final checkpoint (it holds the best weights)."""
     root = spec.run_dir / "checkpoints"
-    if spec.kind == "rl":
-        path = root / f"rl_step_{step:06d}"
-    else:
-        path = root / (root / "latest").read_text().strip()
+    path = root / (f"rl_step_{step:06d}" if spec.kind == "arm" else (root / "latest").read_text().strip())
     if not path.is_dir():
         raise StudyError(f"{spec.name}: the best-validation checkpoint {path} is missing (was it pruned?)")
     return path
@@ -150,7 +147,7 @@ def score_test(plan: StudyPlan, spec: RunSpec, echo: Echo) -> dict:
     out = spec.run_dir / TEST_FILE
     if out.is_file():
         return json.loads(out.read_text())
-    stage = "rl" if spec.kind == "rl" else "sft"
+    stage = "rl" if spec.kind == "arm" else "sft"
     select = spec.config.get("eval", {}).get("select_metric", "ndcg@10")
     best = best_evaluation(eval_records(spec.run_dir, stage), select)
     if best is None:
@@ -164,7 +161,8 @@ def score_test(plan: StudyPlan, spec: RunSpec, echo: Echo) -> dict:
                               plan.log_path(spec), f"recast-eval {spec.name}")
     add_timing(spec.run_dir, "test", seconds, cpu)
     result = {"run": spec.name, "arm": spec.arm, "kind": spec.kind, "seed": spec.seed, "select_metric": select,
-              "best_step": best["step"], "best_budget": eval_budget(best, spec.kind, spec.config), "checkpoint": str(checkpoint),
+              "best_step": best["step"], "best_budget": eval_budget(best, spec.config) if spec.kind == "arm" else 0,
+              "checkpoint": str(checkpoint),
               "valid": {k: v for k, v in best.items() if "@" in k}, "test": json.loads(tmp.read_text())}
     _write_json(out, result)
     tmp.unlink()

@@ -11,12 +11,11 @@ Layout of ``study_dir`` (everything the report reads is in here)::
     logs/<run>.log                 stdout/stderr of every subprocess
     report.md, valid_vs_budget.png, mechanism.png
 
-Run configs: base file -> ``base_set`` -> ``sft_set`` (SFT stage, more-SFT arm) or ``rl_set`` (RL arms) ->
-the arm's ``set`` -> what the study fixes (run_dir, seed, stage
-switches, the budget's steps and evaluation schedule). RL arms start from the SFT run's final checkpoint
-(which holds its best evaluation's weights) with ``rl.init_checkpoint``; the more-SFT arm (``kind: sft``)
-starts from it with ``sft.init_checkpoint`` and runs as many SFT steps as an RL arm at the base config's
-B x G has RL steps.
+Run configs: base file -> ``base_set`` -> ``sft_set`` -> (arms) ``rl_set`` -> the arm's ``set`` -> what the
+study fixes (run_dir, seed, stage switches, the budget's steps and evaluation schedule). Every arm continues
+the SFT run's final checkpoint (which holds its best evaluation's weights) with ``checkpoint.load_dir``: RL
+arms start their fresh RL optimizer there (``rl.optim``), the more-SFT control (``rl.mode=more_sft``)
+continues SFT's optimizer and data feed for as many steps as an RL arm has.
 """
 
 from __future__ import annotations
@@ -31,6 +30,13 @@ import yaml
 from recast_mcore.config.base import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from recast_mcore.config.run import RunConfig
 from recast_mcore.config.study import ArmConfig, StudyConfig
+
+
+def step_rollouts(run: RunConfig) -> int:
+    """Candidates one RL step samples: B x G, or B x beam_width in ``rollout.mode: beam`` (every beam counts).
+    A ``rl.mode=more_sft`` arm samples nothing; its x axis is this figure of its config per step."""
+    per_prompt = run.rollout.beam_width if run.rollout.mode == "beam" else run.rollout.sampling.group_size
+    return run.rl.prompts_per_step * per_prompt
 
 
 def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -79,7 +85,7 @@ class RunSpec:
     arm: str
     """Arm name (``sft`` for the SFT stage)."""
     kind: str
-    """``sft_stage``, ``rl`` or ``sft`` (the more-SFT arm)."""
+    """``sft_stage`` (the SFT run) or ``arm``."""
     seed: int
     config: dict[str, Any]
     """The full run-config mapping (validated)."""
@@ -101,11 +107,6 @@ class StudyPlan:
     def _validated(self, data: dict[str, Any], source: str) -> RunConfig:
         return from_dict(RunConfig, copy.deepcopy(data), source=source)
 
-    @property
-    def step_rollouts(self) -> int:
-        """Rollouts of one RL step at the base config (B x G): the more-SFT arm's budget per step."""
-        return self.base_run.rl.prompts_per_step * self.base_run.rollout.sampling.group_size
-
     def config_path(self, spec: RunSpec) -> Path:
         return self.root / "configs" / f"{spec.name}.yaml"
 
@@ -124,31 +125,24 @@ class StudyPlan:
         return RunSpec(name="sft", run_dir=run_dir, arm="sft", kind="sft_stage", seed=int(data.get("seed", 1234)), config=data)
 
     def _arm_run(self, arm: ArmConfig, seed: int) -> RunSpec:
-        stage_set = self.cfg.rl_set if arm.kind == "rl" else self.cfg.sft_set
-        start = apply_overrides(copy.deepcopy(self.base), list(stage_set))
-        data = apply_overrides(copy.deepcopy(start), list(arm.set))
+        data = apply_overrides(copy.deepcopy(self.base), list(self.cfg.sft_set) + list(self.cfg.rl_set) + list(arm.set))
         run_dir = self.root / "runs" / arm.name / f"seed_{seed}"
-        run = self._validated(data, f"arm {arm.name}")
-        per_step = self.step_rollouts if arm.kind == "sft" else run.rl.prompts_per_step * run.rollout.sampling.group_size
+        per_step = step_rollouts(self._validated(data, f"arm {arm.name}"))
         budget = self.cfg.budget
         if budget.rollouts % per_step or budget.eval_every % per_step:
             raise ConfigError(
                 f"arm {arm.name}: budget.rollouts={budget.rollouts} and budget.eval_every={budget.eval_every} must be "
-                f"multiples of one step's rollouts ({per_step} = prompts_per_step x group_size)"
+                f"multiples of one step's rollouts ({per_step} = prompts_per_step x group_size, or x beam_width in beam mode)"
             )
         steps, every = budget.rollouts // per_step, budget.eval_every // per_step
-        common = [f"run_dir={run_dir}", f"seed={seed}", "eval.split=valid", "logging.progress_bar=false",
-                  f"checkpoint.save_interval={every}", "checkpoint.keep_last=1"]
-        if arm.kind == "rl":
-            stage = ["sft.enabled=false", "rl.enabled=true", f"rl.init_checkpoint={self.sft.run_dir}",
-                     f"rl.steps={steps}", f"rl.eval_every={every}", "eval.keep_best=true"]
-        else:
-            stage = ["sft.enabled=true", f"sft.init_checkpoint={self.sft.run_dir}", f"sft.max_steps={steps}",
-                     "sft.epochs=1000000", f"sft.eval_every={every}", "sft.patience=0", f"sft.save_every={every}",
-                     "rl.enabled=false"]
-        data = apply_overrides(data, common + stage)
+        data = apply_overrides(data, [
+            f"run_dir={run_dir}", f"seed={seed}", "eval.split=valid", "logging.progress_bar=false",
+            "sft.enabled=false", "rl.enabled=true", "rl.init_checkpoint=", f"checkpoint.load_dir={self.sft.run_dir}",
+            f"rl.steps={steps}", f"rl.eval_every={every}", "eval.keep_best=true",
+            f"checkpoint.save_interval={every}", "checkpoint.keep_last=1",
+        ])
         self._validated(data, f"arm {arm.name} seed {seed}")
-        return RunSpec(name=f"{arm.name}_seed{seed}", run_dir=run_dir, arm=arm.name, kind=arm.kind, seed=seed, config=data)
+        return RunSpec(name=f"{arm.name}_seed{seed}", run_dir=run_dir, arm=arm.name, kind="arm", seed=seed, config=data)
 
     def write_configs(self) -> None:
         """Write study.yaml and configs/<run>.yaml (what every subprocess reads)."""
