@@ -81,6 +81,9 @@ class StudyConfig:
     the SFT evaluation."""
     rl_set: list[str] = field(default_factory=list)
     """Overrides applied to every arm before its own (e.g. `rl.optim.lr`, the RL learning rate)."""
+    sft_run: str = ""
+    """Start every arm from this finished SFT run directory (e.g. another study's `sft/`, which must hold its
+    test_at_best.json) instead of training one: sweeps over arm settings share one SFT stage."""
     arms: list[ArmConfig] = field(default_factory=list)
     """The arms compared."""
     seeds: list[int] = field(default_factory=lambda: [1, 2, 3])

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from recast_mcore.study.results import COST, CURVE_METRICS, MECHANISM, RunResult, StudyResults, read_study  # noqa: E402
+from recast_mcore.study.results import COST, CURVE_METRICS, MECHANISM, RunResult, StudyResults, read_study, sft_dir  # noqa: E402
 
 TABLE_METRICS = ("pass@1", "recall@10", "ndcg@10")
 
@@ -238,9 +238,9 @@ def _timing(run_dir: Path, kind: str) -> str:
 
 
 def study_totals(root: Path) -> tuple[float, float]:
-    """(wall, CPU) seconds of every completed subprocess of the study (SFT, SASRec, all runs)."""
+    """(wall, CPU) seconds of the completed SASRec and arm subprocesses (the SFT stage is added by the caller)."""
     wall = cpu = 0.0
-    for path in [root / "sft", root / "sasrec", *sorted((root / "runs").glob("*/seed_*"))]:
+    for path in [root / "sasrec", *sorted((root / "runs").glob("*/seed_*"))]:
         timing = _read_json(path / "study_timing.json") or {}
         wall += sum(sum(v) for k, v in timing.items() if k.endswith("_wall_s"))
         cpu += sum(sum(v) for k, v in timing.items() if k.endswith("_cpu_s"))
@@ -258,7 +258,8 @@ def _setup_lines(res: StudyResults, root: Path) -> list[str]:
 
     ds = res.references.get("dataset", {})
     study = res.study
-    sft_cfg = yaml.safe_load((root / "sft" / "config.yaml").read_text()) if (root / "sft" / "config.yaml").is_file() else {}
+    sft = sft_dir(root, study)
+    sft_cfg = yaml.safe_load((sft / "config.yaml").read_text()) if (sft / "config.yaml").is_file() else {}
     lines = [
         f"- data: `{ds.get('dataset')}` from `{res.references.get('prepared_dir')}`: {ds.get('users')} users, {ds.get('items')} items, "
         f"{ds.get('interactions')} interactions, max history {ds.get('max_history')}, target-set size {ds.get('target_set_size')}, "
@@ -283,7 +284,12 @@ def _setup_lines(res: StudyResults, root: Path) -> list[str]:
     if study.get("engine_note"):
         lines.append(f"- {study['engine_note']}")
     wall, cpu = study_totals(root)
-    sft_wall, sft_cpu = _timing(root / "sft", "wall"), _timing(root / "sft", "cpu")
+    sft_wall, sft_cpu = _timing(sft, "wall"), _timing(sft, "cpu")
+    if study.get("sft_run"):
+        lines.append(f"- the arms start from the SFT run `{study['sft_run']}` (shared with another study; its time is not counted below)")
+    else:
+        wall += float(sft_wall) if sft_wall != "-" else 0.0
+        cpu += float(sft_cpu) if sft_cpu != "-" else 0.0
     lines.append(f"- time of the completed subprocesses: {wall / 60:.1f} min wall, {cpu / 60:.1f} min CPU "
                  f"(SFT stage {sft_wall} s wall / {sft_cpu} s CPU); wall times depend on the machine's load, CPU "
                  "seconds much less (a quiet 2-core machine needs roughly CPU / 2 to CPU of wall time)")

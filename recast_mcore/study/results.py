@@ -109,6 +109,11 @@ def read_run(run_dir: Path, arm: str, seed: int) -> RunResult:
     return RunResult(arm=arm, seed=seed, curve=curve, test=_json(run_dir / "test_at_best.json"), steps=steps)
 
 
+def sft_dir(root: Path, study: dict[str, Any]) -> Path:
+    """The SFT run the arms started from: the study's own ``sft/``, or ``sft_run`` when it reuses one."""
+    return Path(study["sft_run"]) if study.get("sft_run") else root / "sft"
+
+
 def read_study(root: str | Path) -> StudyResults:
     """Everything the report shows, from ``root`` alone."""
     root = Path(root)
@@ -122,6 +127,7 @@ def read_study(root: str | Path) -> StudyResults:
     sasrec = _json(root / "sasrec" / "metrics.json")
     if sasrec is None and (root / "sasrec" / "not_run.txt").is_file():
         sasrec = {"not_run": (root / "sasrec" / "not_run.txt").read_text().strip()}
-    sft_curve = [(r["step"], _metrics(r)) for r in eval_records(root / "sft", "sft")] if (root / "sft").is_dir() else []
-    return StudyResults(study=study, references=_json(root / "references.json") or {}, sft=_json(root / "sft" / "test_at_best.json"),
+    sft = sft_dir(root, study)
+    sft_curve = [(r["step"], _metrics(r)) for r in eval_records(sft, "sft")] if sft.is_dir() else []
+    return StudyResults(study=study, references=_json(root / "references.json") or {}, sft=_json(sft / "test_at_best.json"),
                         sft_curve=sft_curve, sasrec=sasrec, runs=runs)

@@ -117,6 +117,10 @@ class StudyPlan:
     def _sft_stage(self) -> RunSpec:
         data = apply_overrides(copy.deepcopy(self.base), list(self.cfg.sft_set))
         run_dir = self.root / "sft"
+        if self.cfg.sft_run:
+            run_dir = Path(self.cfg.sft_run)
+            if not (run_dir / "test_at_best.json").is_file():
+                raise ConfigError(f"sft_run={run_dir}: not a finished study SFT run (no test_at_best.json)")
         data = apply_overrides(data, [
             f"run_dir={run_dir}", "sft.enabled=true", "rl.enabled=false", "eval.split=valid",
             "logging.progress_bar=false",
