@@ -10,17 +10,16 @@ import pytest
 import torch
 import yaml
 
-from recast_mcore.actor.forward_backward import sft_loss_sums
+from recast_mcore.actor.forward_backward import sft_token_mask
 from recast_mcore.data.tokens import PAD_ID
 from test_trainer_e2e import KILL_DRIVER, REPO, TINY, _env, _records, _stable
 
 
-def test_sft_loss_ignores_pad_tokens():
-    z = torch.randn(2, 3, 7)
-    y = torch.tensor([[4, 5, 6], [4, PAD_ID, PAD_ID]])
-    loss, denom = sft_loss_sums(z, y)
-    manual = -(torch.log_softmax(z, -1)[0, torch.arange(3), y[0]].sum() + torch.log_softmax(z, -1)[1, 0, 4])
-    assert int(denom) == 4 and loss.item() == pytest.approx(manual.item(), rel=1e-6)
+def test_sft_token_mask_drops_pad_tokens_and_pad_rows():
+    y = torch.tensor([[4, 5, 6], [4, PAD_ID, PAD_ID], [4, 5, 6]])
+    mask = sft_token_mask(y, n_real=2)
+    assert mask.tolist() == [[True, True, True], [True, False, False], [False, False, False]]
+    assert int(mask.sum()) == 4  # the SFT loss's denominator
 
 
 def test_encode_windows_pads_to_the_longest_window():

@@ -106,6 +106,13 @@ def token_logprobs(z: torch.Tensor, responses: torch.Tensor, vocab_size: int, al
     return -vocab_parallel_cross_entropy(masked, responses.to(z.device))
 
 
+def sft_token_mask(responses: torch.Tensor, n_real: int) -> torch.Tensor:
+    """[b, T] bool: the response tokens SFT scores - rows < n_real (the rest pad the micro-batch) and not
+    ``<pad>`` (id 0; SFT windows of different lengths are right-padded with it, see trainer/sft.py)."""
+    rows = torch.arange(responses.shape[0], device=responses.device) < n_real
+    return rows[:, None] & (responses != PAD_ID)
+
+
 def _loss_func(mb: MicroBatch, kind: LossKind, trie: ItemTrie, vocab_size: int, output: torch.Tensor):
     """The last stage's loss for one micro-batch (see module doc): -> (loss_sum, denom int, metrics).
     ``output`` is this TP rank's logits shard at the response-predicting slots, [n, T, Vp/tp]."""
@@ -113,8 +120,7 @@ def _loss_func(mb: MicroBatch, kind: LossKind, trie: ItemTrie, vocab_size: int, 
     n_real = rows.responses.shape[0] if mb.num_real < 0 else mb.num_real
     if kind == "sft":
         lp = token_logprobs(output, rows.responses, vocab_size)
-        # real rows, and not the <pad> tokens right-padding SFT windows of different lengths (trainer/sft.py)
-        real = (torch.arange(lp.shape[0], device=lp.device) < n_real)[:, None] & (rows.responses.to(lp.device) != PAD_ID)
+        real = sft_token_mask(rows.responses.to(lp.device), n_real)
         loss_sum = -(lp * real).sum()  # padded rows stay in the graph with zero gradient
         denom = real.sum().to(torch.int).cpu()
         out = {"loss_sum": loss_sum.detach().clone(), "denom": denom.clone(), **_slot_metrics(rows, rows.lengths[:n_real])}
