@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from recast_mcore.config.base import ConfigError
+from recast_mcore.config.base import ConfigError, load_yaml
 from recast_mcore.study.report import budget_to_match, mean_curve, write_report
 from recast_mcore.study.results import best_evaluation, read_study
 from recast_mcore.study.spec import StudyPlan, deep_merge, load_study
@@ -110,3 +110,19 @@ def test_quick_merge_and_plan_fix_the_budget(tmp_path):
                              overrides=["budget.rollouts=60", "budget.eval_every=20"])[0], base)
     with pytest.raises(ConfigError, match="arm names must be unique"):
         load_study(REPO / "examples" / "study" / "stochastic.yaml", overrides=["arms=[{name: a}, {name: a}]"])
+
+
+@pytest.mark.parametrize("size", ["s", "m", "l"])
+def test_cpu_ladder_study_plans_every_size(tmp_path, size):
+    """examples/scaling/cpu-ladder.study.yaml: one study per ladder size (--set base=cpu-SIZE.yaml)."""
+    study = REPO / "examples" / "scaling" / "cpu-ladder.study.yaml"
+    cfg, base = load_study(study, overrides=[f"base=cpu-{size}.yaml", f"study_dir={tmp_path / size}"])
+    plan = StudyPlan(cfg, base)
+    ladder = load_yaml(REPO / "examples" / "scaling" / f"cpu-{size}.yaml")
+    assert [s.name for s in plan.runs][:3] == ["grpo_seed7", "recast-contrast_seed7", "recast-adv_seed7"]
+    assert len(plan.runs) == 3 * 3 and plan.sft.config["sft"]["eval_every"] == 40
+    for spec in plan.runs:
+        run = spec.config
+        assert run["model"] == ladder["model"] and run["rl"]["optim"] == ladder["rl"]["optim"]
+        assert run["rl"]["steps"] == ladder["rl"]["steps"] == 40 and run["rl"]["eval_every"] == 10
+        assert run["checkpoint"]["load_dir"] == str(tmp_path / size / "sft")
