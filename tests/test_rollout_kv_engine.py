@@ -6,24 +6,14 @@ import torch
 
 from recast_mcore.config.rollout import RolloutConfig, SamplingConfig
 from recast_mcore.rollout.base import EngineResources, build_rollout_engine
-from recast_mcore.rollout.catalog import ItemCatalog
 from recast_mcore.rollout.kv_engine import KVCacheRolloutEngine
 from recast_mcore.rollout.testing import (
-    constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, perturbed_state_dict, random_catalog,
+    constrained_logprobs, exhaustive_scores, hf_logits_fn, make_tiny_llama, perturbed_state_dict,
 )
 from recast_mcore.rollout.torch_engine import TorchRolloutEngine
+from test_rollout_units import catalog, vocab  # noqa: F401  (the same module-scoped fixtures)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def vocab():
-    return random_catalog(40, [6, 5, 4], seed=3)
-
-
-@pytest.fixture(scope="module")
-def catalog(vocab):
-    return ItemCatalog.from_vocab(vocab)
 
 
 @pytest.fixture(scope="module")
