@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-DATA_DIR=runs/data/ml-100k
+DATA_DIR=runs/data/ml-100k-k32
 if [ ! -f "$DATA_DIR/meta.json" ]; then
   .venv/bin/recast-data prepare --config examples/ml-100k-recast.yaml --out "$DATA_DIR"
 fi

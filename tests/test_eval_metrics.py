@@ -62,3 +62,13 @@ def test_bad_inputs_raise():
         ranking_metrics(torch.tensor([[1, 2]]), [[1], [2]], ks=[1])
     with pytest.raises(ValueError, match="K must be"):
         ranking_metrics(torch.tensor([[1, 2]]), [[1]], ks=[0])
+
+
+def test_drop_seen_moves_unseen_items_up_and_pads():
+    from recast_mcore.eval.evaluate import drop_seen
+
+    ranked = torch.tensor([[5, 3, 7, 1], [2, 4, 6, 8]])
+    out = drop_seen(ranked, [[3, 1], []])
+    assert out.tolist() == [[5, 7, -1, -1], [2, 4, 6, 8]]
+    # scored as usual: -1 is never a hit
+    assert ranking_metrics(out, [[7], [8]], [2])["pass@2"] == 0.5

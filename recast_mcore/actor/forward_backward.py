@@ -18,7 +18,8 @@ TP), so no rank ever holds ``[b, L, V]`` logits: memory O(n*T*Vp/tp) instead of 
 Three losses (``kind``):
 
 (a) ``"sft"`` - next-item cross-entropy on the response tokens, over the real vocabulary ``[0, V)``:
-    ``loss_sum = sum_{i,t} -log softmax(z_{i,t})[y_{i,t}]``, ``denom = number of response tokens`` (real rows).
+    ``loss_sum = sum_{i,t} -log softmax(z_{i,t})[y_{i,t}]``, ``denom = number of response tokens`` (real rows;
+    ``<pad>`` response tokens excluded from both).
 (b) ``"logprobs"`` - forward only: the CONSTRAINED token log-probs (renormalized over the item-trie's
     allowed set ``A_t = ItemTrie.response_mask(responses)[:, t]``, exactly what the rollout samples from):
     ``log pi_c(y_t) = z_{y_t} - logsumexp_{v in A_t} z_v``, returned as ``[b, T]`` (sequence log-prob
@@ -45,6 +46,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
 
 from recast_mcore.actor.packing import PackedRows, attention_mask, packed_seq_params
+from recast_mcore.data.tokens import PAD_ID
 from recast_mcore.data.trie import ItemTrie
 from recast_mcore.signal.batch import Role, UpdateBatch
 from recast_mcore.signal.losses import compute_policy_loss
@@ -104,6 +106,13 @@ def token_logprobs(z: torch.Tensor, responses: torch.Tensor, vocab_size: int, al
     return -vocab_parallel_cross_entropy(masked, responses.to(z.device))
 
 
+def sft_token_mask(responses: torch.Tensor, n_real: int) -> torch.Tensor:
+    """[b, T] bool: the response tokens SFT scores - rows < n_real (the rest pad the micro-batch) and not
+    ``<pad>`` (id 0; SFT windows of different lengths are right-padded with it, see trainer/sft.py)."""
+    rows = torch.arange(responses.shape[0], device=responses.device) < n_real
+    return rows[:, None] & (responses != PAD_ID)
+
+
 def _loss_func(mb: MicroBatch, kind: LossKind, trie: ItemTrie, vocab_size: int, output: torch.Tensor):
     """The last stage's loss for one micro-batch (see module doc): -> (loss_sum, denom int, metrics).
     ``output`` is this TP rank's logits shard at the response-predicting slots, [n, T, Vp/tp]."""
@@ -111,9 +120,9 @@ def _loss_func(mb: MicroBatch, kind: LossKind, trie: ItemTrie, vocab_size: int, 
     n_real = rows.responses.shape[0] if mb.num_real < 0 else mb.num_real
     if kind == "sft":
         lp = token_logprobs(output, rows.responses, vocab_size)
-        real = (torch.arange(lp.shape[0], device=lp.device) < n_real)[:, None]
+        real = sft_token_mask(rows.responses.to(lp.device), n_real)
         loss_sum = -(lp * real).sum()  # padded rows stay in the graph with zero gradient
-        denom = torch.tensor(n_real * rows.responses.shape[1], dtype=torch.int)
+        denom = real.sum().to(torch.int).cpu()
         out = {"loss_sum": loss_sum.detach().clone(), "denom": denom.clone(), **_slot_metrics(rows, rows.lengths[:n_real])}
         return loss_sum, denom, out
     allowed = trie.response_mask(rows.responses).to(output.device)

@@ -24,6 +24,9 @@ class SyntheticConfig:
     """Probability that the next item follows the sequential transition of the previous one."""
     num_successors: int = 10
     """Candidate successor items per item (Zipf-weighted) for the sequential transitions."""
+    successor_alpha: float = 1.0
+    """Zipf exponent of the successor weights: slot r of an item's successors has weight (r + 1)^-alpha
+    (1.0 = the original generator; smaller spreads the probability over the successors, 0 = uniform)."""
     noise_prob: float = 0.1
     """Probability that a non-transition step picks a uniformly random item."""
     seed: int = 1234

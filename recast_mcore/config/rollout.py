@@ -177,22 +177,23 @@ class PlacementConfig:
 class RolloutConfig:
     """The rollout engine: SGLang (production) or the in-process torch engine (quick tests)."""
 
-    engine: Literal["sglang", "torch"] = "sglang"
-    """Registered engine name."""
+    engine: Literal["sglang", "torch", "torch_kv"] = "sglang"
+    """Registered engine name: `sglang` (servers), `torch` (in process, the actor's own Megatron model, no KV
+    cache), `torch_kv` (in process, the weights in a transformers model with a KV cache; rollout/kv_engine.py)."""
     mode: Literal["sample", "beam"] = "sample"
     """How RL candidate groups are made: sample G items per prompt, or take the top G beams of a constrained
     beam search of width ``beam_width`` (their sequence log-probs are the old log-probs; see rollout/modes.py)."""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """Group sampling settings (``group_size`` is G in both modes)."""
     seed: int = 0
-    """Seed of the in-process engine's sampler (SGLang servers use ``sglang.random_seed``)."""
+    """Seed of the in-process engines' sampler (SGLang servers use ``sglang.random_seed``)."""
     beam_width: int = 32
     """``mode: beam``: beams kept per prompt (OpenOneRec-RL rolls out 32); the top ``sampling.group_size`` form
     the group and every beam counts in the rollout budget. Must be >= group_size. Evaluation uses ``eval.beam_width``."""
     work_dir: str = ""
     """Scratch directory for trie tables and weight snapshots ('' = a temporary directory)."""
     torch_batch_size: int = 256
-    """In-process engine: sequences per forward call of ``logits_fn``."""
+    """In-process engines: sequences per forward call."""
     sglang: SGLangServerConfig = field(default_factory=SGLangServerConfig)
     """SGLang servers."""
     weight_sync: WeightSyncConfig = field(default_factory=WeightSyncConfig)

@@ -6,6 +6,7 @@ sampling belongs to the rollout (config/rollout.py); the signal builder and rewa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,8 +43,22 @@ class SftConfig:
     """Log SFT metrics every this many steps (the last step is always logged)."""
     eval_at_end: bool = True
     """Evaluate (recast-eval's metrics on the eval split) once SFT finishes."""
+    examples: Literal["prefixes", "windows"] = "prefixes"
+    """`prefixes`: one example per training position (history = the previous <= max_history items ->
+    the next item). `windows`: runs of max_history + 1 consecutive items trained as one causal sequence,
+    every item after the first a target (the same targets per epoch, ~max_history times fewer tokens;
+    data/dataset.py `sft_windows`). `batch_size` counts examples of the chosen kind."""
+    eval_every: int = 0
+    """Evaluate on the eval split every this many SFT steps (0 = only at the end). With evaluations the
+    best one by `eval.select_metric` is kept as a checkpoint and SFT ends on its weights."""
+    patience: int = 0
+    """Early stopping: stop after this many periodic evaluations without a new best (0 = never stop early)."""
 
     def validate(self) -> None:
+        if self.eval_every < 0 or self.patience < 0:
+            raise ValueError(f"eval_every and patience must be >= 0, got {self.eval_every}, {self.patience}")
+        if self.patience and not self.eval_every:
+            raise ValueError("patience needs eval_every > 0 (early stopping counts periodic evaluations)")
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.batch_size < 1:
@@ -125,16 +140,33 @@ class EvalConfig:
     """Score only the first this many users of the split (0 = all users)."""
     batch_size: int = 64
     """Users per beam-search call."""
+    exclude_history: bool = False
+    """Drop items the user already interacted with (the full history, not only the prompt's) from the
+    ranked list before scoring, as the count baselines do; use a beam_width above max(ks) to leave room."""
+    select_metric: str = "ndcg@10"
+    """Metric (`pass@K`, `recall@K` or `ndcg@K`, K in `ks`) that picks the best evaluation: SFT early
+    stopping and `keep_best`."""
+    keep_best: bool = False
+    """RL: save a checkpoint at every evaluation that improves `select_metric` and never prune it (the
+    best-valid checkpoint; its step is `best_step` in the trainer state). SFT with `sft.eval_every` always does."""
 
     def validate(self) -> None:
         if not self.ks:
             raise ValueError("ks must list at least one cut-off")
+        if not re.fullmatch(r"(pass|recall|ndcg)@\d+", self.select_metric):
+            raise ValueError(f"select_metric must be pass@K, recall@K or ndcg@K, got {self.select_metric!r}")
+        if self.keep_best and not self.selects_from_ks():
+            raise ValueError(f"keep_best needs select_metric={self.select_metric!r} with its K in ks={self.ks}")
         if any(k < 1 for k in self.ks):
             raise ValueError(f"every K in ks must be >= 1, got {self.ks}")
         if self.beam_width < max(self.ks):
             raise ValueError(f"beam_width ({self.beam_width}) must be >= max(ks) ({max(self.ks)})")
         if self.max_users < 0 or self.batch_size < 1:
             raise ValueError("max_users must be >= 0 and batch_size >= 1")
+
+    def selects_from_ks(self) -> bool:
+        """Whether `select_metric`'s K is one of the evaluated cut-offs."""
+        return int(self.select_metric.split("@")[1]) in self.ks
 
 
 @dataclass(kw_only=True)

@@ -13,6 +13,11 @@ Examples (H = max_history, the most recent H items are kept; k = target_set_size
   valid: history = train,      targets = valid
   test:  history = train + valid, targets = test
   sft:   for every i >= 1: history = train[:i], targets = [train[i]]   (next-item SFT)
+  sft windows (``sft_windows``): runs of at most H + 1 consecutive training items, cut from the end of
+         each sequence (ends n, n - H, n - 2H, ...); history = [first item], targets = the rest. Trained
+         as one causal sequence, every target is predicted from the window items before it, so each
+         training position i >= 1 is a target exactly once per epoch (as in the prefix examples, with
+         between 1 and H items of context instead of min(i, H)).
 
 ``PreparedDataset.fingerprint`` identifies the data a checkpoint was trained on (checkpoint manifests
 record it): the sha256 of vocab.json (vocabulary and every item's codes), of items.tsv (item ids) and of
@@ -155,6 +160,16 @@ class PreparedDataset:
             for user, train in enumerate(self.train_sequences)
             for i in range(1, len(train))
         ]
+
+    def sft_windows(self) -> list[Example]:
+        """Windows of at most ``max_history + 1`` consecutive training items (module docstring)."""
+        h = self.max_history
+        out = []
+        for user, train in enumerate(self.train_sequences):
+            for end in range(len(train), 1, -h):
+                window = train[max(0, end - h - 1) : end]
+                out.append(Example(user=user, history=window[:1], targets=window[1:]))
+        return out
 
 
 def fingerprint(root: str | Path, loaded: dict[str, bytes] | None = None) -> dict[str, str]:

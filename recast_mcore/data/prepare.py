@@ -21,7 +21,7 @@ from typing import Any
 
 from recast_mcore.config.base import save_config
 from recast_mcore.config.data import DataConfig
-from recast_mcore.data.baseline import count_baselines
+from recast_mcore.data.baseline import split_baselines
 from recast_mcore.data.dataset import REQUIRED_FILES, write_meta, write_prepared
 from recast_mcore.data.fetch import fetch_ml100k
 from recast_mcore.data.readers import RawInteractions, read_interactions, read_ml100k_item_features, read_movielens
@@ -73,7 +73,12 @@ def _prepare_into(cfg: DataConfig, out_dir: Path) -> dict[str, Any]:
     timings["semantic_ids_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    baselines = count_baselines(split.train, split.valid, split.num_items)
+    baselines = split_baselines(split.train, split.valid, split.test, split.num_items)
+    if cfg.dataset == "synthetic":
+        from recast_mcore.data.oracle import oracle_metrics
+
+        for name, targets in (("valid", split.valid), ("test", split.test)):
+            baselines[name]["oracle"] = oracle_metrics(cfg.synthetic, split.user_ids, split.item_ids, targets)
     timings["baselines_s"] = time.perf_counter() - clock
 
     meta = _meta(cfg, raw, split, counts, sids.stats, vocab, baselines, timings)
@@ -155,6 +160,7 @@ def _meta(cfg, raw, split, counts, sid_stats, vocab, baselines, timings) -> dict
             "vocab_size": vocab.vocab_size,
             **sid_stats,
         },
-        "baselines_valid": baselines,
+        "baselines_valid": baselines["valid"],
+        "baselines_test": baselines["test"],
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }

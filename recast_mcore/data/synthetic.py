@@ -3,8 +3,8 @@
 Generative story (numpy ``Generator(PCG64(seed))``; the same config gives identical rows):
   * items are dealt round-robin over C taste clusters (after a seeded shuffle); inside a cluster
     item popularity is Zipf: weight of the r-th most popular item = (r + 1)^(-popularity_alpha);
-  * every item has ``num_successors`` successor items (mostly from its own cluster, Zipf weighted):
-    the sequential-transition structure;
+  * every item has ``num_successors`` successor items (mostly from its own cluster); slot r has weight
+    (r + 1)^(-successor_alpha): the sequential-transition structure (alpha < 1 spreads it out);
   * every user has a primary and a secondary cluster and a history length
     ``n = 5 + Geometric(1 / (mean_history - 4)) - 1`` (mean ``mean_history``, long tail, capped);
   * step t: with ``transition_prob`` the next item is a successor of the previous one; else with
@@ -13,9 +13,14 @@ Generative story (numpy ``Generator(PCG64(seed))``; the same config gives identi
   * timestamps: a random start plus exponential gaps (mean one day), integer seconds.
 Item features (for ``semantic_ids.embedding = features``) are the item's cluster centroid
 (Gaussian, ``FEATURE_DIM`` dims) plus N(0, 0.5^2) noise.
+
+``simulate`` returns the world and the users' latent clusters too; data/oracle.py uses them for the
+Bayes-optimal reference (what a model that knew the generator could reach).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -39,6 +44,8 @@ def _check(cfg: SyntheticConfig) -> None:
     for name in ("transition_prob", "noise_prob"):
         if not 0.0 <= getattr(cfg, name) <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {getattr(cfg, name)}")
+    if cfg.num_successors < 1 or cfg.successor_alpha < 0:
+        raise ValueError(f"num_successors must be >= 1 and successor_alpha >= 0, got {cfg.num_successors}, {cfg.successor_alpha}")
 
 
 class _World:
@@ -54,8 +61,9 @@ class _World:
             rng.shuffle(weights)
             self.member_probs.append(weights / weights.sum())
         self.member_cdfs = [np.cumsum(p) for p in self.member_probs]
-        succ_w = (np.arange(cfg.num_successors) + 1.0) ** -1.0
-        self.successor_cdf = np.cumsum(succ_w / succ_w.sum())
+        succ_w = (np.arange(cfg.num_successors) + 1.0) ** -cfg.successor_alpha
+        self.successor_probs = succ_w / succ_w.sum()
+        self.successor_cdf = np.cumsum(self.successor_probs)
         self.successors = np.empty((n, cfg.num_successors), dtype=np.int64)
         for item in range(n):
             own = self.members[self.cluster_of[item]]
@@ -80,18 +88,34 @@ def _draw(cdf: np.ndarray, rng: np.random.Generator) -> int:
     return min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), cdf.shape[0] - 1)
 
 
-def generate_synthetic(cfg: SyntheticConfig) -> RawInteractions:
-    """Draw the interaction log described in the module docstring."""
+@dataclass
+class Simulation:
+    """What the generator drew: the world, every user's latent (primary, secondary) cluster, the sequences."""
+
+    world: _World
+    clusters: np.ndarray
+    """[num_users, 2] int64 primary and secondary cluster of each user."""
+    sequences: list[list[int]]
+    """Per user, the recorded item ids in time order (no repeats)."""
+    times: list[list[float]]
+    """Per user, the matching timestamps."""
+
+
+def simulate(cfg: SyntheticConfig) -> Simulation:
+    """Draw the world and the users (module docstring); the same config gives the same draws."""
     _check(cfg)
     rng = np.random.Generator(np.random.PCG64(cfg.seed))
     world = _World(cfg, rng)
-    users, items, times = [], [], []
+    clusters = np.zeros((cfg.num_users, 2), dtype=np.int64)
+    sequences, all_times = [], []
     for user in range(cfg.num_users):
         primary, secondary = (int(x) for x in rng.integers(0, cfg.num_clusters, 2))
+        clusters[user] = (primary, secondary)
         length = min(MAX_HISTORY, 5 + int(rng.geometric(1.0 / (cfg.mean_history - 4))) - 1, cfg.num_items)
         seen: set[int] = set()
         prev = None
         clock = float(rng.integers(1_000_000_000, 1_100_000_000))
+        items, times = [], []
         for _ in range(length):
             for _ in range(RESAMPLE_TRIES):
                 item = _next_item(cfg, world, rng, prev, primary, secondary)
@@ -102,14 +126,24 @@ def generate_synthetic(cfg: SyntheticConfig) -> RawInteractions:
             seen.add(item)
             prev = item
             clock += float(np.floor(rng.exponential(86_400.0))) + 1.0
-            users.append(str(user))
-            items.append(str(item))
+            items.append(item)
             times.append(clock)
+        sequences.append(items)
+        all_times.append(times)
+    return Simulation(world=world, clusters=clusters, sequences=sequences, times=all_times)
+
+
+def generate_synthetic(cfg: SyntheticConfig) -> RawInteractions:
+    """Draw the interaction log described in the module docstring."""
+    sim = simulate(cfg)
+    users = [str(u) for u, seq in enumerate(sim.sequences) for _ in seq]
+    items = [str(i) for seq in sim.sequences for i in seq]
+    times = [t for ts in sim.times for t in ts]
     return RawInteractions(
         users=users,
         items=items,
         timestamps=np.asarray(times, dtype=np.float64),
         ratings=None,
         source=f"synthetic(seed={cfg.seed})",
-        item_features={str(i): world.features[i] for i in range(cfg.num_items)},
+        item_features={str(i): sim.world.features[i] for i in range(cfg.num_items)},
     )

@@ -37,7 +37,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run_eval(cfg: RunConfig, checkpoint: str, data_keys: set[str] | None = None) -> dict[str, float]:
     """Collective: every rank builds the actor and loads (verifies) the checkpoint; rank 0 evaluates (others get {})."""
-    from recast_mcore.eval.evaluate import eval_examples, evaluate
+    from recast_mcore.eval.evaluate import eval_examples, evaluate, seen_items
     from recast_mcore.trainer.checks import check_checkpoint_matches
     from recast_mcore.trainer.job import build_actor, preflight_data
     from recast_mcore.trainer.restore import resolve_checkpoint
@@ -54,7 +54,8 @@ def run_eval(cfg: RunConfig, checkpoint: str, data_keys: set[str] | None = None)
     if engine is None:
         return {}
     try:
-        metrics = evaluate(engine, dataset.vocab, eval_examples(dataset, cfg.eval), cfg.eval)
+        examples = eval_examples(dataset, cfg.eval)
+        metrics = evaluate(engine, dataset.vocab, examples, cfg.eval, seen_items(dataset, examples, cfg.eval.split))
     finally:
         engine.close()
     return {"checkpoint": str(path), "split": cfg.eval.split, **metrics}

@@ -35,6 +35,17 @@ def filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.
     return logits
 
 
+def sample_constrained(logits: torch.Tensor, allowed: torch.Tensor, sampling: SamplingConfig,
+                       generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """One decoding step (module docstring): logits [R, V], allowed [R, V] bool -> (tokens [R], log-probs [R])
+    with the log-probs of the temperature-1 constrained policy."""
+    masked = logits.masked_fill(~allowed, float("-inf"))
+    policy_lp = torch.log_softmax(masked, dim=-1)
+    sample_logits = filter_top_k_top_p(masked / sampling.temperature, sampling.top_k, sampling.top_p)
+    tok = torch.multinomial(torch.softmax(sample_logits, dim=-1), 1, generator=generator).squeeze(1)
+    return tok, policy_lp.gather(1, tok[:, None]).squeeze(1)
+
+
 class TorchRolloutEngine:
     """Constrained sampling and beam search with an in-process ``logits_fn``."""
 
@@ -76,13 +87,8 @@ class TorchRolloutEngine:
         for t in range(t_len):
             prefixes = generated[:, :t].tolist()
             logits = self.last_logits([r + p for r, p in zip(rows, prefixes)])
-            masked = logits.masked_fill(~self.catalog.allowed_mask(prefixes), float("-inf"))
-            policy_lp = torch.log_softmax(masked, dim=-1)
-            sample_logits = filter_top_k_top_p(masked / sampling.temperature, sampling.top_k, sampling.top_p)
-            probs = torch.softmax(sample_logits, dim=-1)
-            tok = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-            generated[:, t] = tok
-            logprobs[:, t] = policy_lp.gather(1, tok[:, None]).squeeze(1)
+            generated[:, t], logprobs[:, t] = sample_constrained(logits, self.catalog.allowed_mask(prefixes), sampling,
+                                                                 self.generator)
         responses = generated.reshape(b, g, t_len)
         groups = RolloutGroups(
             prompt_ids=[list(p) for p in prompt_ids], responses=responses, token_logprobs=logprobs.reshape(b, g, t_len),

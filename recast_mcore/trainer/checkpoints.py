@@ -115,8 +115,9 @@ def resolve(path: str | Path, setting: str) -> Path:
     return good[0]
 
 
-def prune(root: str | Path, keep_last: int, current: Path) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints up to ``current`` (0 keeps all); never ``current``.
+def prune(root: str | Path, keep_last: int, current: Path, keep: tuple[str, ...] = ()) -> list[Path]:
+    """Delete all but the newest ``keep_last`` checkpoints up to ``current`` (0 keeps all); never ``current``
+    nor the checkpoints named in ``keep`` (the best evaluation's, see trainer/hooks.py).
 
     Only ``<stage>_step_<N>`` directories are touched: ``.<name>.tmp`` (a save in progress or killed) is
     left to the actor, ``<name>.corrupt`` to the user.
@@ -126,7 +127,7 @@ def prune(root: str | Path, keep_last: int, current: Path) -> list[Path]:
     older = [p for p in newest_first(root) if order(p) <= order(current)]
     removed = []
     for path in older[keep_last:]:
-        if path.name != current.name:
+        if path.name != current.name and path.name not in keep:
             shutil.rmtree(path)
             removed.append(path)
     return removed

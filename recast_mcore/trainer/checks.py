@@ -237,6 +237,15 @@ def check_stage_inits(sft_enabled: bool, rl_init_checkpoint: str) -> None:
         )
 
 
+def check_eval_selection(sft_eval_every: int, eval_cfg) -> None:
+    """Periodic SFT evaluation picks its best by ``eval.select_metric``: its K must be evaluated."""
+    if sft_eval_every and not eval_cfg.selects_from_ks():
+        raise SetupError(
+            f"sft.eval_every={sft_eval_every} selects the best SFT evaluation by eval.select_metric="
+            f"{eval_cfg.select_metric!r}, but eval.ks={eval_cfg.ks} lacks its K: add it to eval.ks or change select_metric"
+        )
+
+
 def check_sequence_fits(longest_prompt: int, item_len: int, max_seq_len: int) -> None:
     """The longest prompt (a max_history history) plus a response (item + <eos>) fits the model."""
     longest = longest_prompt + item_len + 1

@@ -25,6 +25,7 @@ from recast_mcore.trainer.checks import (
     check_checkpoint_matches,
     check_data_matches_prepared,
     check_eval_fits_catalog,
+    check_eval_selection,
     check_group_size,
     check_parallel_layout,
     check_prepared_dataset,
@@ -58,6 +59,8 @@ class Job:
     start: StartPoint
     """Where the run started: the checkpoint actually loaded (a mid-RL resume reloads its reference policy from it)."""
     lock: run_lock.RunLock | None = None
+    last_saved: tuple[str, dict] | None = None
+    """(checkpoint name, trainer state) of the last save of this process (hooks.save_checkpoint)."""
 
     def close(self) -> None:
         self.logger.close()
@@ -100,6 +103,7 @@ def preflight(cfg: RunConfig, start_over: bool = False, data_keys: set[str] | No
     check_rl_optimizer(cfg.rl.optim, cfg.optim)
     check_more_sft(cfg.rl.mode, cfg.rl.init_checkpoint)
     check_group_size(cfg.signal, cfg.rollout.sampling.group_size, cfg.rl.mode)
+    check_eval_selection(cfg.sft.eval_every if cfg.sft.enabled else 0, cfg.eval)
     if is_rank0_env():
         check_run_dir_writable(cfg.run_dir, cfg.logging.jsonl_name)
     dataset, cfg = preflight_data(cfg, data_keys)

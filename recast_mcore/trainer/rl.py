@@ -15,8 +15,9 @@ import time
 from recast_mcore.trainer.collective import Step0, follow
 from recast_mcore.trainer.data_feed import EpochSampler
 from recast_mcore.trainer.hooks import draw_plots, due, evaluate_and_log, save_checkpoint
-from recast_mcore.trainer.rl_update import more_sft_step, sft_feed, start_rl_stage, update_policy
+from recast_mcore.trainer.rl_update import more_sft_step, start_rl_stage, update_policy
 from recast_mcore.trainer.rollout_step import build_step_batch
+from recast_mcore.trainer.sft import sft_feed
 from recast_mcore.trainer.weights import after_rollout, before_rollout, push_weights, reseed_engine
 from recast_mcore.utils.dist import is_rank0
 from recast_mcore.utils.rng import derive_seed, seed_everything

@@ -15,6 +15,7 @@ rank-0 round trip). Mini-batches hold whole groups: epoch e permutes the step's 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
@@ -24,7 +25,6 @@ from recast_mcore.config.train import RlConfig
 from recast_mcore.signal.batch import UpdateBatch
 from recast_mcore.trainer.checks import SetupError
 from recast_mcore.trainer.data_feed import EpochSampler
-from recast_mcore.trainer.sft import encode_examples
 from recast_mcore.utils.rng import generator
 
 _SERVED_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -109,13 +109,10 @@ def mean_over_steps(per_step: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def sft_feed(job) -> EpochSampler:
-    """The SFT stage's data feed (``rl.mode: more_sft`` continues it)."""
-    return EpochSampler(job.dataset.sft_examples(), job.cfg.sft.batch_size, job.cfg.seed, "sft_epoch")
-
-
-def more_sft_step(job, feed: EpochSampler, step: int) -> tuple[dict[str, float], float]:
-    """``rl.mode: more_sft``: SFT optimizer step number ``sft_step + step`` of the continued SFT feed."""
+def more_sft_step(job, feed: tuple[EpochSampler, Any], step: int) -> tuple[dict[str, float], float]:
+    """``rl.mode: more_sft``: SFT optimizer step number ``sft_step + step`` of the continued SFT feed
+    (``trainer.sft.sft_feed``: the same example kind, prefixes or windows, as the SFT stage)."""
+    sampler, encode = feed
     start = time.perf_counter()
-    metrics = job.actor.sft_step(*encode_examples(job.dataset.vocab, feed.batch(job.state.sft_step + step - 1)))
+    metrics = job.actor.sft_step(*encode(job.dataset.vocab, sampler.batch(job.state.sft_step + step - 1)))
     return metrics, time.perf_counter() - start

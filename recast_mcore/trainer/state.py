@@ -32,6 +32,16 @@ class TrainerState:
     rl_optimizer: bool = False
     """Whether the actor runs the RL stage's own optimizer (``rl.optim``, fresh at RL start); a resumed run
     switches to it before loading the checkpoint's optimizer state."""
+    best_step: int = 0
+    """Step (of the current stage) of its best evaluation by `eval.select_metric`; 0 = none tracked yet."""
+    best_value: float | None = None
+    """That evaluation's `eval.select_metric` value."""
+    evals_since_best: int = 0
+    """Tracked evaluations since the best one (SFT early stopping compares it with `sft.patience`)."""
+    sft_stopped: bool = False
+    """SFT stopped early (patience ran out)."""
+    sft_best_step: int = 0
+    """The SFT step whose weights ended SFT when periodic evaluation picked a best (0 = the last step)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from recast_mcore.checkpoint.hf_mapping import hf_metadata_files, hf_shapes
+from recast_mcore.checkpoint.hf_mapping import hf_metadata_files, hf_shapes, mcore_to_hf
 from recast_mcore.config.actor import ModelConfig
 from recast_mcore.config.rollout import RolloutConfig
 from recast_mcore.data.tokens import ItemVocab
@@ -298,6 +298,11 @@ def push_weights(engine: RolloutEngine | None, rollout_cfg: RolloutConfig, actor
     if rollout_cfg.engine == "torch":
         if engine is not None:
             engine.update_weights(None, version)
+        return
+    if rollout_cfg.engine == "torch_kv":  # in-process CPU engine of small models: the full HF dict on rank 0
+        full = actor.full_state_dict()
+        if engine is not None:
+            engine.update_weights(mcore_to_hf(full, model_cfg, vocab_size), version)
         return
     released = engine is not None and engine.memory_released
     if released:
