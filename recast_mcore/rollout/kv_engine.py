@@ -70,8 +70,6 @@ class PromptCache:
 class KVCacheRolloutEngine:
     """Constrained sampling and beam search over a cached prompt (module docstring)."""
 
-    memory_released = False  # in-process: never releases memory (trainer/weights.py asks colocated servers)
-
     def __init__(self, catalog: ItemCatalog, model_dir: str, *, batch_size: int = 256, seed: int = 0, initial_version: int = 0):
         declare_torchvision_ops_in_process()  # transformers may import torchvision (rollout/cpu_bridge.py)
         from transformers import AutoModelForCausalLM
