@@ -364,19 +364,43 @@ def test_processor_masks_cuda_logits_like_cpu(tmp_path, catalog):
     assert any(k[1].startswith("cuda") for k in cls.__dict__["_table_cache"])  # tables live on the device
 
 
-@pytest.mark.parametrize("narrow", [256, 3, 1])
-def test_processor_mask_paths_keep_allowed_logits_exactly(catalog, vocab, narrow):
-    """Narrow (gather/fill/scatter), wide (bias rows) and root (broadcast) paths: allowed logits bit-identical,
-    everything else -inf, equal to ItemTrie on mixed-depth batches with a padded vocabulary."""
+@pytest.mark.parametrize("narrow,block_bytes", [(256, 1 << 24), (3, 1 << 24), (1, 1 << 24), (256, 1), (3, 2500), (1, 700)])
+def test_processor_mask_paths_keep_allowed_logits_exactly(catalog, vocab, narrow, block_bytes):
+    """Narrow (gather/fill/scatter), dense (bias rows) and root (broadcast) paths, in one row block or many (a block
+    of 1 row, of ~11 rows with dense rows split across blocks): allowed logits bit-identical, everything else -inf,
+    equal to ItemTrie on mixed-depth batches with a padded vocabulary; slots padded or ragged."""
+    from recast_mcore.rollout.trie_processor import ItemTrieLogitProcessor as P
+
+    g = torch.Generator().manual_seed(0)
+    for ragged in (0.0, 1.0):  # slots padded to the widest row, or ragged per row
+        _check_mask_paths(P._prepare(catalog.tables, narrow=narrow, block_bytes=block_bytes, ragged=ragged), vocab, g)
+
+
+@pytest.mark.parametrize("narrow", [256, 3])
+def test_processor_mask_paths_when_the_roots_children_leave_gaps(vocab, narrow):
+    """A catalog whose first tokens are not one contiguous range (no items under one level-0 code): the root
+    takes the broadcast-add / bias-row path instead of keeping a token window."""
+    from recast_mcore.rollout.trie_processor import ItemTrieLogitProcessor as P, build_trie_tables
+
+    first = vocab.item_tokens[:, 0]
+    gapped = vocab.item_tokens[first != torch.unique(first)[1]]  # drop every item under the 2nd level-0 code
+    sub = SimpleNamespace(item_tokens=gapped, vocab_size=vocab.vocab_size, eos_id=vocab.eos_id, num_items=len(gapped))
+    tables = build_trie_tables(gapped, vocab.vocab_size, vocab.eos_id)
+    g = torch.Generator().manual_seed(1)
+    for ragged in (0.0, 1.0):
+        prepared = P._prepare(tables, narrow=narrow, ragged=ragged)
+        assert prepared["window_full"][0] is False
+        _check_mask_paths(prepared, sub, g)
+
+
+def _check_mask_paths(tables, vocab, g):
     from array import array
 
     from recast_mcore.rollout.trie_processor import ItemTrieLogitProcessor as P
 
     trie = ItemTrie(vocab.item_tokens, vocab.vocab_size, vocab.eos_id)
-    tables = P._prepare(catalog.tables, narrow=narrow)
-    g = torch.Generator().manual_seed(0)
     picks = torch.randint(0, vocab.num_items, (24,), generator=g)
-    for depths in ([0] * 5, [1] * 5, [0, 1, 2, 3] * 6, [2, 3, 3, 1]):
+    for depths in ([0] * 5, [1] * 5, [0, 1, 2, 3] * 6, [2, 3, 3, 1], [3, 0, 0, 2, 1, 1, 0, 3] * 3, [0, 2, 3, 0, 2] * 3):
         prefixes = [vocab.item_tokens[int(i), :d].tolist() for i, d in zip(picks, depths)]
         lengths, flat = array("q", map(len, prefixes)), array("q", [t for p in prefixes for t in p])
         logits = torch.randn(len(prefixes), vocab.vocab_size + 2, generator=g)
@@ -385,10 +409,22 @@ def test_processor_mask_paths_keep_allowed_logits_exactly(catalog, vocab, narrow
         allowed = torch.cat([allowed, torch.zeros(len(prefixes), 2, dtype=torch.bool)], 1)
         assert torch.equal(out[allowed], logits[allowed]), depths
         assert bool(torch.isneginf(out[~allowed]).all()), depths
-        buffered = dict(tables, bias_buffer=P._buffer_fn(vocab.vocab_size, torch.device("cpu")))  # as on a server
-        for _ in range(2):  # the scratch buffer is reused (and grown) across steps
-            again = P._mask_logits(buffered, logits.clone(), P._stage(lengths, flat, torch.device("cpu")), lengths)
-            assert torch.equal(again, out), depths
+        again = P._mask_logits(tables, logits.clone(), P._stage(lengths, flat, torch.device("cpu")), lengths)
+        assert torch.equal(again, out), depths  # the tables are not changed by a step
+    # Off-trie rows (a prefix that leaves the trie at a dense depth, one longer than an item) may only emit EOS,
+    # next to root and on-trie rows in the same blocks.
+    item = vocab.item_tokens[0].tolist()
+    used = set(vocab.item_tokens[:, :2].flatten().tolist()) | {vocab.eos_id}
+    bad = next(t for t in range(vocab.vocab_size) if t not in used)  # neither a first nor a second item token
+    prefixes = [[], item[:1] + [bad], item + [item[0]], item[:1], [], [bad]]
+    lengths, flat = array("q", map(len, prefixes)), array("q", [t for p in prefixes for t in p])
+    logits = torch.randn(len(prefixes), vocab.vocab_size + 2, generator=g)
+    out = P._mask_logits(tables, logits.clone(), P._stage(lengths, flat, torch.device("cpu")), lengths)
+    for r in (1, 2, 5):
+        assert torch.isfinite(out[r]).nonzero().squeeze(1).tolist() == [vocab.eos_id], prefixes[r]
+    for r in (0, 3, 4):
+        allowed = trie.next_token_mask(torch.tensor([prefixes[r]], dtype=torch.long))[0]
+        assert torch.equal(torch.isfinite(out[r, : vocab.vocab_size]), allowed), prefixes[r]
 
 
 @pytest.mark.parametrize("failures", [1, 3])

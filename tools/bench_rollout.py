@@ -1,14 +1,14 @@
 """Rollout benchmarks (JSON): the trie processor per decode step, beam search at scale, engine throughput.
 
     # processor time per step, 256/1,024/4,096 rows, 1e6-item 3x8192 catalog and a 1k catalog; with
-    # --baseline-ref the processor of that git revision is timed side by side in the same run
-    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_rollout.py processor --baseline-ref cd03c23 \
-        --json bench_results/processor.json
+    # --baseline-ref: the processors of those git revisions are timed side by side in the same run
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_rollout.py --json bench_results/processor.json \
+        processor --baseline-ref 0d8052c cd03c23
     # beam search, 256 prompts x K=32 on the 1e6-item catalog, tiny model, one launched SGLang server:
     # wall time, HTTP requests, bytes sent/received
-    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_rollout.py beam --json bench_results/beam.json
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_rollout.py --json bench_results/beam.json beam
     # generate + beam throughput, SGLang vs the in-process engine (small catalog)
-    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_rollout.py engines --json bench_results/rollout.json
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_rollout.py --json bench_results/rollout.json engines
 
 The 1e6-item catalog is synthetic (``random_catalog``: distinct random 3-level codes, seed 0), built at run time,
 never stored. "Rows at depth d" are prefixes of d item tokens drawn from random catalog items; "mixed" is a
@@ -51,8 +51,8 @@ def parse_args() -> argparse.Namespace:
     proc = sub.add_parser("processor", help="trie processor time per decode step")
     proc.add_argument("--rows", type=int, nargs="+", default=[256, 1024, 4096])
     proc.add_argument("--repeats", type=int, default=7)
-    proc.add_argument("--baseline-ref", default="",
-                      help="git revision (or a trie_processor.py file) whose processor is timed side by side")
+    proc.add_argument("--baseline-ref", nargs="*", default=[],
+                      help="git revisions (or trie_processor.py files) whose processors are timed side by side")
     beam = sub.add_parser("beam", help="SGLang beam search at scale")
     beam.add_argument("--prompts", type=int, default=256)
     beam.add_argument("--beam-width", type=int, default=32)
@@ -103,7 +103,8 @@ def median_ms(fn, repeats: int, setup=None, clock=time.perf_counter) -> float:
 
 # ---- processor ----------------------------------------------------------------------------------------
 def baseline_processor(ref: str):
-    """The ``ItemTrieLogitProcessor`` of git revision ``ref`` (``git show``), or of the file ``ref``."""
+    """``(processor, takes_current_params)``: the ``ItemTrieLogitProcessor`` of git revision ``ref`` (``git show``)
+    or of the file ``ref``, and whether it takes today's ``custom_params`` (``trie_params``) or the pre-#10 ones."""
     if Path(ref).is_file():
         src = Path(ref).read_text()
     else:
@@ -114,7 +115,7 @@ def baseline_processor(ref: str):
     spec = importlib.util.spec_from_file_location("baseline_trie_processor", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    return mod.ItemTrieLogitProcessor()
+    return mod.ItemTrieLogitProcessor(), hasattr(mod, "trie_params")
 
 
 def depth_prefixes(vocab, rows: int, depth, g: torch.Generator) -> list[list[int]]:
@@ -128,7 +129,7 @@ def depth_prefixes(vocab, rows: int, depth, g: torch.Generator) -> list[list[int
 def bench_processor(args) -> list[dict]:
     catalogs = [("1e6 items, 3x8192 codes, V=24,580", random_catalog(1_000_000, [8192] * 3, seed=0)),
                 ("1k items, 3x16 codes, V=52", random_catalog(1000, [16, 16, 16], seed=0))]
-    baseline = baseline_processor(args.baseline_ref) if args.baseline_ref else None
+    baselines = {ref: baseline_processor(ref) for ref in args.baseline_ref}
     proc, rows_out = ItemTrieLogitProcessor(), []
     work = Path(tempfile.mkdtemp(prefix="bench-proc-"))
     for name, vocab in catalogs:
@@ -153,9 +154,11 @@ def bench_processor(args) -> list[dict]:
                 row = dict(info, rows=len(prefixes), depth=depth,
                            cpu_ms=median_ms(lambda x: proc(x, params), args.repeats, fresh, time.thread_time),
                            wall_ms=median_ms(lambda x: proc(x, params), args.repeats, fresh))
-                if baseline is not None:
-                    old = [{"trie_path": str(path), "__req__": SimpleNamespace(output_ids=list(p))} for p in prefixes]
-                    row["baseline_cpu_ms"] = median_ms(lambda x: baseline(x, old), reps, fresh, time.thread_time)
+                for ref, (base, current) in baselines.items():
+                    old = params if current else [{"trie_path": str(path), "__req__": SimpleNamespace(output_ids=list(p))}
+                                                  for p in prefixes]
+                    row.setdefault("baseline_cpu_ms", {})[ref] = median_ms(lambda x: base(x, old), reps, fresh,
+                                                                           time.thread_time)
                 print(json.dumps({k: row[k] for k in ("catalog", "rows", "depth", "cpu_ms", "wall_ms", "baseline_cpu_ms")
                                   if k in row}), flush=True)
                 rows_out.append(row)

@@ -21,27 +21,43 @@ Trie tables (``build_trie_tables`` from ``item_tokens [N, L]``, ``V`` = vocab si
   - ``node_start [num_nodes + 1]``: the edges of node ``u`` are ``edge_*[node_start[u]:node_start[u+1]]``;
   - ``node_item [num_nodes]``: the catalog row of a full-item node, -1 elsewhere;
   - ``depth_max_children [L + 1]``: the largest child count of a node of depth d.
-Derived on the server at load time: ``wide_id [num_nodes]`` (1..D for the D nodes with more than ``narrow``
-children, 0 elsewhere) and ``wide_bias [D + 1, V]`` float (0 where a wide node's children are, -inf
-elsewhere; row 0 is all -inf), ``root_bias [V]`` (the same row for the root). ``narrow`` starts at 256 and
-doubles until ``wide_bias`` fits in 64 MiB (at most ``E / narrow`` wide nodes exist).
+Derived on the server at load time (``_prepare``): ``wide_id [num_nodes]`` (1..D for the D nodes with more
+than ``narrow`` children, 0 elsewhere), ``wide_bias [D + 1, V]`` float (0 where a wide node's children are, -inf
+elsewhere; row 0 is all -inf), ``root_bias [V]`` and ``root_child [V]`` (the root's child node per token, -1
+elsewhere); per depth d: ``window[d] = [lo_d, hi_d)``, the token range of its nodes' children (a level's code
+range in a semantic-ID catalog), and ``window_full[d]`` (one node there, whose children fill the range: the root
+when every level-0 code is used). A depth is *dense* when one of its nodes may have more than ``narrow``
+children. ``narrow`` starts at 256 and doubles until ``wide_bias`` fits in 64 MiB (at most ``E / narrow`` wide
+nodes exist).
 
 One decoding step over a batch of R rows (row r's generated prefix ``y_r`` = its last ``prefix_len`` input
-tokens + its output tokens, length ``t_r <= L``):
+tokens + its output tokens, length ``t_r``; depth ``d_r = min(t_r, L + 1)``, L + 1 = off-trie, EOS only):
   1. host: one flat int64 buffer ``[t_1..t_R, y_1 .., y_R ..]`` read from SGLang's request objects with
      C-level iterators (``map``/``itemgetter``/``array.extend``; no Python bytecode per row), copied through
-     a pinned staging buffer (CUDA) to the device in one non-blocking copy;
-  2. device walk: ``u <- edge_child[searchsorted(edge_key, u * V + y_s)]`` for s < L, vectorized over rows
-     (a row whose prefix leaves the trie, or is longer than L, may only emit EOS);
-  3. mask: with W = the largest child count any row of the batch can have (known on the host from the
-     rows' depths and ``depth_max_children``, so no device sync):
-       W <= narrow:  idx [R, W] = each row's children (padded by repeating one), v = logits.gather(idx),
-                     logits.fill_(-inf), logits.scatter_(idx, v)
-       otherwise:    bias = wide_bias[wide_id[u]] ([R, V]); bias.scatter_(idx[:, :narrow], 0); logits += bias
-       all rows at the root (a prefill batch, the common depth-0 case): logits += root_bias (broadcast [V])
-     All leave allowed logits bit-identical (x + 0 == x) and set every other entry to -inf.
-Cost per step: O(R * L * log E) walk + O(R * V) for the one pass over the logits + O(R * min(W, narrow)).
-No Python loop over rows, items or edges; no pageable host-to-device copy.
+     a pinned staging buffer (CUDA) to the device in one non-blocking copy. Everything the host decides below
+     (widths, dense rows, blocks) comes from these host lengths: no device sync.
+  2. device walk: ``u <- root_child[y_0]``, then ``u <- edge_child[searchsorted(edge_key, u * V + y_s)]`` for
+     1 <= s < max_r t_r, vectorized over rows (a row whose prefix leaves the trie, or is longer than L, may only
+     emit EOS);
+  3. slots: row r owns ``w_r = depth_max_children[d_r]`` positions (1 for a dense depth), its children's tokens
+     (padded by repeating the last one; EOS when it has none), as flat indices ``r * V' + token`` into the
+     logits; ragged (``S = sum_r w_r``) when that is at most half of ``R * max_r w_r``, else padded to the max.
+  4. mask, over row blocks (CPU: blocks of ``block_bytes`` = 12 MiB of logits, so a block stays in the
+     last-level cache between its gather, fill and scatter; accelerators: one block):
+       kept = logits.flat[slots]; block.fill_(-inf); logits.flat[slots] = kept
+     with the dense rows (``D_b`` of them in the block; only a window of columns ``[lo, hi)`` covering the
+     dense depths present):
+       root rows whose window is full:  block[:, :lo] = -inf, block[:, hi:] = -inf,
+                                        block[:, lo:hi] += (0 for a root row, -inf otherwise)  (instead of fill)
+       otherwise:  saved = block[dense, lo:hi] + wide_bias[wide_id[u], lo:hi] (with 0 scattered at a narrow
+                   node's children), written back after the scatter.
+     All rows at the root (a prefill batch): ``logits[:, :lo] = logits[:, hi:] = -inf`` when the root's window
+     is full, else ``logits += root_bias`` (broadcast [V]).
+     Allowed logits stay bit-identical (x + 0 == x); every other entry (padded vocabulary columns included)
+     becomes -inf.
+Cost per step: O(R * L * log E) walk + one pass over the [R, V'] logits + O(S + D * (hi - lo)). Python loops run
+over the L steps and the R / block row blocks only: none over rows, items or edges; no pageable host-to-device
+copy.
 """
 
 from __future__ import annotations
@@ -256,65 +272,149 @@ class ItemTrieLogitProcessor:
         if (key, str(device)) not in cache:  # first request naming this catalog on this device
             host = cache.get((key, "cpu")) or cls._prepare(torch.load(path, weights_only=True))
             tables = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in host.items()}
-            tables["bias_buffer"] = cls._buffer_fn(tables["vocab"], device)
             cache[(key, str(device))] = tables
         return cache[(key, str(device))]
 
     @staticmethod
-    def _buffer_fn(vocab, device):
-        """``rows -> [rows, vocab]`` float view of one grow-only scratch buffer on ``device``."""
-        import torch
-
-        store = {}
-
-        def view(rows):
-            if store.get("buf") is None or store["buf"].numel() < rows * vocab:
-                store["buf"] = torch.empty(rows * vocab, device=device)
-            return store["buf"][: rows * vocab].view(rows, vocab)
-
-        return view
-
-    @staticmethod
-    def _prepare(tables, budget_bytes=64 * 2**20, narrow=256):
-        """Host-side numbers and the dense rows of wide nodes (see module docstring)."""
+    def _prepare(tables, budget_bytes=64 * 2**20, narrow=256, block_bytes=12 * 2**20, ragged=0.5):
+        """Host-side numbers, the root's child map and the bias rows of wide nodes (see module docstring)."""
         import torch
 
         v = int(tables["vocab_size"])
-        counts = tables["node_start"][1:] - tables["node_start"][:-1]
+        node_start, tokens, depth_start = tables["node_start"], tables["edge_token"], tables["depth_start"]
+        counts = node_start[1:] - node_start[:-1]
         while int((counts > narrow).sum() + 1) * v * 4 > budget_bytes:
             narrow *= 2
-        wide = counts > narrow
-        wide_nodes = wide.nonzero().squeeze(1)
+        wide_nodes = (counts > narrow).nonzero().squeeze(1)
         wide_id = torch.zeros(counts.numel(), dtype=torch.long)
         wide_id[wide_nodes] = torch.arange(1, wide_nodes.numel() + 1)
         bias = torch.full((wide_nodes.numel() + 1, v), float("-inf"))
         if wide_nodes.numel():
-            start, cnt = tables["node_start"][wide_nodes], counts[wide_nodes]
+            start, cnt = node_start[wide_nodes], counts[wide_nodes]
             row = torch.repeat_interleave(torch.arange(1, wide_nodes.numel() + 1), cnt)
             first = torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt, cnt)
             edge = torch.repeat_interleave(start, cnt) + torch.arange(row.numel()) - first
-            bias[row, tables["edge_token"][edge]] = 0.0
+            bias[row, tokens[edge]] = 0.0
+        root_edges = slice(0, int(node_start[1]))
         root_bias = torch.full((v,), float("-inf"))
-        root_bias[tables["edge_token"][: int(tables["node_start"][1])]] = 0.0
+        root_bias[tokens[root_edges]] = 0.0
+        root_child = torch.full((v,), -1, dtype=torch.long)
+        root_child[tokens[root_edges]] = tables["edge_child"][root_edges]
+        depth_max = [int(x) for x in tables["depth_max_children"]] + [1]  # + "longer than an item": EOS only
+        dense_depth = [m > narrow for m in depth_max]
+        slot_width = [1 if dense else m for dense, m in zip(dense_depth, depth_max)]
+        window, window_full = [], []  # per depth: the token range of its nodes' children; filled by one node?
+        for d in range(len(depth_max) - 1):
+            kids = tokens[int(node_start[depth_start[d]]) : int(node_start[depth_start[d + 1]])]
+            window.append((int(kids.min()), int(kids.max()) + 1))
+            window_full.append(int(depth_start[d + 1] - depth_start[d]) == 1 and kids.numel() == window[d][1] - window[d][0])
         out = {k: tables[k] for k in ("edge_key", "edge_token", "edge_child", "node_start")}
-        out.update(wide_id=wide_id, wide_bias=bias, root_bias=root_bias, narrow=narrow, vocab=v, eos=int(tables["eos_id"]),
-                   item_len=int(tables["item_len"]), depth_max=[int(x) for x in tables["depth_max_children"]])
+        out.update(wide_id=wide_id, wide_bias=bias, root_bias=root_bias, root_child=root_child, narrow=narrow, vocab=v,
+                   eos=int(tables["eos_id"]), item_len=int(tables["item_len"]), depth_max=depth_max,
+                   dense_depth=dense_depth, dense_depth_t=torch.tensor(dense_depth), slot_width=slot_width,
+                   slot_width_t=torch.tensor(slot_width), window=window, window_full=window_full,
+                   block_bytes=int(block_bytes), ragged=float(ragged))
         return out
 
-    @staticmethod
-    def _mask_logits(tables, logits, staged, lengths):
+    @classmethod
+    def _mask_logits(cls, tables, logits, staged, lengths):
         """The walk + gather + masked fill of one step (in place on ``logits [R, V']``, V' >= V)."""
         import torch
 
         rows, length, v = len(lengths), tables["item_len"], tables["vocab"]
-        dev = logits.device
-        if logits.shape[1] > v:  # padded vocabulary columns are never allowed
-            logits[:, v:] = float("-inf")
-        lo, hi = min(lengths), max(lengths)
-        if hi == 0:  # every row at the root (a prefill batch): one broadcast add
-            logits[:, :v] += tables["root_bias"]
+        dev, ninf = logits.device, float("-inf")
+        if max(lengths) == 0:  # every row at the root (a prefill batch)
+            if tables["window_full"][0]:  # the root's children are one token range: -inf outside it, nothing inside
+                lo, hi = tables["window"][0]
+                logits[:, :lo] = ninf
+                logits[:, hi:] = ninf  # padded vocabulary columns included
+                return logits
+            if logits.shape[1] > v:  # padded vocabulary columns are never allowed
+                logits[:, v:] = ninf
+            logits[:, :v] += tables["root_bias"]  # one broadcast add
             return logits
+        work = logits if logits.is_contiguous() else logits.contiguous()
         lens, flat = staged[:rows], staged[rows:]
+        depth = lens.clamp(max=length + 1)  # L + 1 stands for "longer than an item" (off-trie: EOS only)
+        # Host plan from the host lengths (no device sync): dense rows, slots per row, row blocks.
+        host_depth = torch.frombuffer(lengths, dtype=torch.long).clamp(max=length + 1)
+        dense_host = torch.tensor(tables["dense_depth"])[host_depth]
+        num_dense = int(dense_host.sum())
+        node, on_trie = cls._walk(tables, lens, flat, min(max(lengths), length))
+        start = tables["node_start"][node]
+        count = torch.where(on_trie, tables["node_start"][node + 1] - start, 0)
+        # Slots: row r owns slot_width[depth_r] positions (its children, padded by repeating the last one; EOS
+        # when it has none). Ragged over the batch when that needs at most ``ragged`` (1/2) of the padded R x max width.
+        row_width = torch.tensor(tables["slot_width"])[host_depth]
+        wmax, last_edge = int(row_width.max()), tables["edge_key"].numel() - 1
+        if int(row_width.sum()) <= tables["ragged"] * rows * wmax:  # e.g. a mixed-depth batch
+            slot_ends = torch.cumsum(row_width, 0).tolist()
+            width = tables["slot_width_t"][depth]
+            slot_row = torch.repeat_interleave(torch.arange(rows, device=dev), width, output_size=slot_ends[-1])
+            slot_j = torch.arange(slot_ends[-1], device=dev) - (torch.cumsum(width, 0) - width).index_select(0, slot_row)
+            n = count.index_select(0, slot_row)
+            pick = (start.index_select(0, slot_row) + torch.minimum(slot_j, (n - 1).clamp(min=0))).clamp_(max=last_edge)
+            pos = slot_row * work.shape[1] + torch.where(n > 0, tables["edge_token"].index_select(0, pick), tables["eos"])
+        else:  # [R, wmax] padded, built by broadcasting
+            slot_ends = list(range(wmax, (rows + 1) * wmax, wmax))
+            n = count[:, None]
+            pick = (start[:, None] + torch.minimum(torch.arange(wmax, device=dev), (n - 1).clamp(min=0))).clamp_(max=last_edge)
+            kid = tables["edge_token"].index_select(0, pick.view(-1)).view(rows, wmax)
+            pos = (torch.arange(rows, device=dev)[:, None] * work.shape[1] + torch.where(n > 0, kid, tables["eos"])).view(-1)
+        if num_dense:
+            dense_t = tables["dense_depth_t"][depth]
+            kinds = [d for d in range(length + 1) if tables["dense_depth"][d] and bool((host_depth == d).any())]
+            lo, hi = min(tables["window"][d][0] for d in kinds), max(tables["window"][d][1] for d in kinds)
+            dense_ends = torch.cumsum(dense_host, 0).tolist()
+            if all(tables["window_full"][d] for d in kinds):  # root rows only: their window is kept as is
+                keep = torch.where(dense_t, 0.0, ninf).to(work.dtype)[:, None]
+            else:  # dense rows in row order (argsort of a 0/1 key: no sync), bias rows over the window
+                keep = None
+                dense = torch.argsort((~dense_t).to(torch.uint8), stable=True)[:num_dense]
+                wide = torch.where(on_trie, tables["wide_id"][node], 0)[dense]
+                j = torch.arange(tables["narrow"], device=dev)
+                dn = count[dense][:, None]
+                kid = tables["edge_token"][(start[dense][:, None] + torch.minimum(j, (dn - 1).clamp(min=0))).clamp_(
+                    max=tables["edge_key"].numel() - 1)]
+                kid = torch.where(dn > 0, kid, tables["eos"])  # off-trie: EOS (may lie outside the window)
+                bias_pos = (kid - lo).clamp_(0, hi - lo - 1)
+                bias_val = torch.where((kid >= lo) & (kid < hi), 0.0, ninf)
+        # Row blocks sized to stay in the last-level cache on CPU (each block comes from memory once for the
+        # gather, the fill and the scatter); one block on an accelerator. R / block iterations, no per-row Python.
+        block = rows if dev.type != "cpu" else max(1, tables["block_bytes"] // (4 * work.shape[1]))
+        flat_view = work.view(-1)
+        for s in range(0, rows, block):
+            e = min(rows, s + block)
+            part, slots = work[s:e], pos[(slot_ends[s - 1] if s else 0) : slot_ends[e - 1]]
+            kept = flat_view.index_select(0, slots)
+            a, b = (dense_ends[s - 1] if s else 0, dense_ends[e - 1]) if num_dense else (0, 0)
+            if b > a and keep is None:  # dense rows of this block: window + bias row (0 at children, -inf elsewhere)
+                local = dense[a:b] - s
+                saved = part[:, lo:hi].index_select(0, local)
+                bias = torch.index_select(tables["wide_bias"][:, lo:hi], 0, wide[a:b])
+                bias.scatter_reduce_(1, bias_pos[a:b], bias_val[a:b], "amax")
+                saved += bias
+            if b > a and keep is not None:  # root rows keep their window (+0), every other entry -> -inf
+                part[:, :lo].fill_(ninf)
+                part[:, hi:].fill_(ninf)
+                part[:, lo:hi] += keep[s:e]
+            else:
+                part.fill_(ninf)
+            flat_view.index_copy_(0, slots, kept)  # dense rows too: an off-trie row's EOS may lie outside the window
+            if b > a and keep is None:
+                part[:, lo:hi].index_copy_(0, local, saved)
+        if work is not logits:
+            logits.copy_(work)
+        return logits
+
+    @staticmethod
+    def _walk(tables, lens, flat, steps):
+        """``(node [R], on_trie [R])`` of each row's prefix: step 0 through the root's child map, then a
+        ``searchsorted`` over the edge keys per step (``steps`` = the longest prefix, at most L)."""
+        import torch
+
+        rows, length, v = lens.numel(), tables["item_len"], tables["vocab"]
+        dev = lens.device
         # [R, L + 1] prefix tokens; column L collects tokens past the item length (those rows are off-trie).
         tokens = torch.zeros(rows, length + 1, dtype=torch.long, device=dev)
         if flat.numel():
@@ -322,35 +422,19 @@ class ItemTrieLogitProcessor:
             pos = torch.arange(flat.numel(), device=dev) - (torch.cumsum(lens, 0) - lens)[row]
             tokens.index_put_((row, pos.clamp(max=length)), flat)
         edge_key, edge_child = tables["edge_key"], tables["edge_child"]
-        node = torch.zeros(rows, dtype=torch.long, device=dev)
         on_trie = lens <= length
-        for s in range(length):
+        first = tables["root_child"][tokens[:, 0].clamp(max=v - 1)]
+        found = (first >= 0) & (tokens[:, 0] < v)
+        on_trie &= found | (lens == 0)
+        node = torch.where((lens > 0) & found, first, 0)
+        for s in range(1, steps):
             active = lens > s
             key = node * v + tokens[:, s]
             idx = torch.searchsorted(edge_key, key).clamp_(max=edge_key.numel() - 1)
             found = edge_key[idx] == key
             on_trie &= found | ~active
             node = torch.where(active & found, edge_child[idx], node)
-        start = tables["node_start"][node]
-        count = torch.where(on_trie, tables["node_start"][node + 1] - start, 0)
-        # Widest child set any row can have, from the rows' depths (host values: no device sync).
-        width = max(tables["depth_max"][d] if d <= length else 1 for d in range(lo, hi + 1))
-        narrow = min(width, tables["narrow"])
-        j = torch.arange(narrow, device=dev)
-        pick = (start[:, None] + torch.minimum(j, (count - 1).clamp(min=0)[:, None])).clamp_(max=edge_key.numel() - 1)
-        idx = torch.where(count[:, None] > 0, tables["edge_token"][pick], tables["eos"])  # no child: EOS only
-        if width <= tables["narrow"]:
-            kept = logits.gather(1, idx)
-            logits.fill_(float("-inf"))
-            logits.scatter_(1, idx, kept)
-            return logits
-        wide = torch.where(on_trie, tables["wide_id"][node], 0)
-        # reused scratch (server tables): no [R, V] allocation per step (on CPU that is fresh zeroed pages each time)
-        bias = tables["bias_buffer"](rows) if "bias_buffer" in tables else torch.empty(rows, v, device=dev)
-        torch.index_select(tables["wide_bias"], 0, wide, out=bias)
-        bias.scatter_(1, idx, 0.0)
-        logits[:, :v] += bias
-        return logits
+        return node, on_trie
 
 
 def trie_processor_string() -> str:
