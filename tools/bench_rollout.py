@@ -126,8 +126,26 @@ def depth_prefixes(vocab, rows: int, depth, g: torch.Generator) -> list[list[int
     return [t[:d] for t, d in zip(tokens, depths)]
 
 
+def zipf_catalog(num_items: int, codes: list[int], s: float = 1.0, seed: int = 0):
+    """Distinct 3-level codes whose level-0 code is Zipf(s)-distributed (popular codes hold many items, so many
+    level-1 nodes have more than 256 children: the processor's dense path); the other levels uniform."""
+    from recast_mcore.data.tokens import ItemVocab
+
+    g = torch.Generator().manual_seed(seed)
+    inner = codes[1] * codes[2]
+    weights = 1.0 / torch.arange(1, codes[0] + 1, dtype=torch.float64) ** s
+    flat = torch.zeros(0, dtype=torch.long)
+    while flat.numel() < num_items:
+        n = int(1.2 * (num_items - flat.numel())) + 1024
+        draw = torch.multinomial(weights, n, replacement=True, generator=g) * inner + torch.randint(0, inner, (n,), generator=g)
+        flat = torch.unique(torch.cat([flat, draw]))
+    flat = flat[torch.randperm(flat.numel(), generator=g)[:num_items]]
+    return ItemVocab(torch.stack([flat // inner, (flat // codes[2]) % codes[1], flat % codes[2]], 1), codes)
+
+
 def bench_processor(args) -> list[dict]:
     catalogs = [("1e6 items, 3x8192 codes, V=24,580", random_catalog(1_000_000, [8192] * 3, seed=0)),
+                ("1e6 items, 3x8192 codes, Zipf(1) level-0 codes, V=24,580", zipf_catalog(1_000_000, [8192] * 3)),
                 ("1k items, 3x16 codes, V=52", random_catalog(1000, [16, 16, 16], seed=0))]
     baselines = {ref: baseline_processor(ref) for ref in args.baseline_ref}
     proc, rows_out = ItemTrieLogitProcessor(), []

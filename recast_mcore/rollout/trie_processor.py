@@ -39,25 +39,26 @@ tokens + its output tokens, length ``t_r``; depth ``d_r = min(t_r, L + 1)``, L +
   2. device walk: ``u <- root_child[y_0]``, then ``u <- edge_child[searchsorted(edge_key, u * V + y_s)]`` for
      1 <= s < max_r t_r, vectorized over rows (a row whose prefix leaves the trie, or is longer than L, may only
      emit EOS);
-  3. slots: row r owns ``w_r = depth_max_children[d_r]`` positions (1 for a dense depth), its children's tokens
-     (padded by repeating the last one; EOS when it has none), as flat indices ``r * V' + token`` into the
-     logits; ragged (``S = sum_r w_r``) when that is at most half of ``R * max_r w_r``, else padded to the max.
+  3. slots: row r owns ``w_r`` positions: its children's tokens (padded by repeating the last one; EOS when it
+     has none) as flat indices ``r * V' + token`` into the logits; ``w_r = depth_max_children[d_r]``, at a
+     dense depth the largest child count of a *narrow* node there (wide nodes use their bias row instead).
+     Ragged (``S = sum_r w_r``) when that is at most half of ``R * max_r w_r``, else padded to the max.
   4. mask, over row blocks (CPU: blocks of ``block_bytes`` = 12 MiB of logits, so a block stays in the
      last-level cache between its gather, fill and scatter; accelerators: one block):
-       kept = logits.flat[slots]; block.fill_(-inf); logits.flat[slots] = kept
-     with the dense rows (``D_b`` of them in the block; only a window of columns ``[lo, hi)`` covering the
-     dense depths present):
-       root rows whose window is full:  block[:, :lo] = -inf, block[:, hi:] = -inf,
-                                        block[:, lo:hi] += (0 for a root row, -inf otherwise)  (instead of fill)
-       otherwise:  saved = block[dense, lo:hi] + wide_bias[wide_id[u], lo:hi] (with 0 scattered at a narrow
-                   node's children), written back after the scatter.
+       kept = logits.flat[slots]
+       block without dense rows:  block.fill_(-inf)
+       block with dense rows (a column window [lo, hi) covers the dense depths present):
+           block[:, :lo] = -inf; block[:, hi:] = -inf
+           block[:, lo:hi] += 0 / -inf per row (root rows only, their window full: a broadcast [B, 1] column)
+                           or wide_bias[b_r, lo:hi] with b_r = wide_id[u_r] for a dense row, 0 (all -inf) else
+       logits.flat[slots] = kept
      All rows at the root (a prefill batch): ``logits[:, :lo] = logits[:, hi:] = -inf`` when the root's window
      is full, else ``logits += root_bias`` (broadcast [V]).
      Allowed logits stay bit-identical (x + 0 == x); every other entry (padded vocabulary columns included)
-     becomes -inf.
-Cost per step: O(R * L * log E) walk + one pass over the [R, V'] logits + O(S + D * (hi - lo)). Python loops run
-over the L steps and the R / block row blocks only: none over rows, items or edges; no pageable host-to-device
-copy.
+     becomes -inf (a +inf or NaN logit inside a dense block's window becomes NaN: the model is broken then).
+Cost per step: O(R * L * log E) walk + one pass over the [R, V'] logits + O(S) slots + O(B * (hi - lo)) bias
+reads per block with dense rows. Python loops run over the L steps and the R / block row blocks only: none over
+rows, items or edges; no pageable host-to-device copy.
 """
 
 from __future__ import annotations
@@ -302,7 +303,13 @@ class ItemTrieLogitProcessor:
         root_child[tokens[root_edges]] = tables["edge_child"][root_edges]
         depth_max = [int(x) for x in tables["depth_max_children"]] + [1]  # + "longer than an item": EOS only
         dense_depth = [m > narrow for m in depth_max]
-        slot_width = [1 if dense else m for dense, m in zip(dense_depth, depth_max)]
+        # slots per row: a depth's widest child set; at a dense depth, the widest *narrow* node's (wide ones use
+        # their bias row), at least 1 (EOS for a row that left the trie)
+        slot_width = list(depth_max)
+        for d, dense in enumerate(dense_depth[:-1]):
+            if dense:
+                c = counts[int(depth_start[d]) : int(depth_start[d + 1])]
+                slot_width[d] = max(1, int(c[c <= narrow].max()) if bool((c <= narrow).any()) else 1)
         window, window_full = [], []  # per depth: the token range of its nodes' children; filled by one node?
         for d in range(len(depth_max) - 1):
             kids = tokens[int(node_start[depth_start[d]]) : int(node_start[depth_start[d + 1]])]
@@ -361,24 +368,16 @@ class ItemTrieLogitProcessor:
             pick = (start[:, None] + torch.minimum(torch.arange(wmax, device=dev), (n - 1).clamp(min=0))).clamp_(max=last_edge)
             kid = tables["edge_token"].index_select(0, pick.view(-1)).view(rows, wmax)
             pos = (torch.arange(rows, device=dev)[:, None] * work.shape[1] + torch.where(n > 0, kid, tables["eos"])).view(-1)
-        if num_dense:
+        if num_dense:  # dense rows: -inf outside the window [lo, hi), + a bias row inside it
             dense_t = tables["dense_depth_t"][depth]
             kinds = [d for d in range(length + 1) if tables["dense_depth"][d] and bool((host_depth == d).any())]
             lo, hi = min(tables["window"][d][0] for d in kinds), max(tables["window"][d][1] for d in kinds)
             dense_ends = torch.cumsum(dense_host, 0).tolist()
-            if all(tables["window_full"][d] for d in kinds):  # root rows only: their window is kept as is
+            if all(tables["window_full"][d] for d in kinds):  # root rows only: a 0 / -inf column, broadcast
                 keep = torch.where(dense_t, 0.0, ninf).to(work.dtype)[:, None]
-            else:  # dense rows in row order (argsort of a 0/1 key: no sync), bias rows over the window
+            else:  # row of wide_bias per row: a wide node's (0 at its children), else row 0 (all -inf)
                 keep = None
-                dense = torch.argsort((~dense_t).to(torch.uint8), stable=True)[:num_dense]
-                wide = torch.where(on_trie, tables["wide_id"][node], 0)[dense]
-                j = torch.arange(tables["narrow"], device=dev)
-                dn = count[dense][:, None]
-                kid = tables["edge_token"][(start[dense][:, None] + torch.minimum(j, (dn - 1).clamp(min=0))).clamp_(
-                    max=tables["edge_key"].numel() - 1)]
-                kid = torch.where(dn > 0, kid, tables["eos"])  # off-trie: EOS (may lie outside the window)
-                bias_pos = (kid - lo).clamp_(0, hi - lo - 1)
-                bias_val = torch.where((kid >= lo) & (kid < hi), 0.0, ninf)
+                bias_row = torch.where(dense_t & on_trie, tables["wide_id"][node], 0)
         # Row blocks sized to stay in the last-level cache on CPU (each block comes from memory once for the
         # gather, the fill and the scatter); one block on an accelerator. R / block iterations, no per-row Python.
         block = rows if dev.type != "cpu" else max(1, tables["block_bytes"] // (4 * work.shape[1]))
@@ -387,22 +386,16 @@ class ItemTrieLogitProcessor:
             e = min(rows, s + block)
             part, slots = work[s:e], pos[(slot_ends[s - 1] if s else 0) : slot_ends[e - 1]]
             kept = flat_view.index_select(0, slots)
-            a, b = (dense_ends[s - 1] if s else 0, dense_ends[e - 1]) if num_dense else (0, 0)
-            if b > a and keep is None:  # dense rows of this block: window + bias row (0 at children, -inf elsewhere)
-                local = dense[a:b] - s
-                saved = part[:, lo:hi].index_select(0, local)
-                bias = torch.index_select(tables["wide_bias"][:, lo:hi], 0, wide[a:b])
-                bias.scatter_reduce_(1, bias_pos[a:b], bias_val[a:b], "amax")
-                saved += bias
-            if b > a and keep is not None:  # root rows keep their window (+0), every other entry -> -inf
+            if num_dense and dense_ends[e - 1] > (dense_ends[s - 1] if s else 0):  # the block has dense rows
                 part[:, :lo].fill_(ninf)
-                part[:, hi:].fill_(ninf)
-                part[:, lo:hi] += keep[s:e]
+                part[:, hi:].fill_(ninf)  # padded vocabulary columns included
+                if keep is not None:
+                    part[:, lo:hi] += keep[s:e]
+                else:
+                    part[:, lo:hi] += torch.index_select(tables["wide_bias"][:, lo:hi], 0, bias_row[s:e])
             else:
                 part.fill_(ninf)
-            flat_view.index_copy_(0, slots, kept)  # dense rows too: an off-trie row's EOS may lie outside the window
-            if b > a and keep is None:
-                part[:, lo:hi].index_copy_(0, local, saved)
+            flat_view.index_copy_(0, slots, kept)  # children of narrow nodes (and EOS) back in every row
         if work is not logits:
             logits.copy_(work)
         return logits
