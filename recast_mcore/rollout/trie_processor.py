@@ -350,6 +350,8 @@ class ItemTrieLogitProcessor:
         node, on_trie = cls._walk(tables, lens, flat, min(max(lengths), length))
         start = tables["node_start"][node]
         count = torch.where(on_trie, tables["node_start"][node + 1] - start, 0)
+        # a wide node's children come from its bias row: its slots all repeat its first child (one cache line)
+        count = torch.where(tables["wide_id"][node] > 0, count.clamp(max=1), count)
         # Slots: row r owns slot_width[depth_r] positions (its children, padded by repeating the last one; EOS
         # when it has none). Ragged over the batch when that needs at most ``ragged`` (1/2) of the padded R x max width.
         row_width = torch.tensor(tables["slot_width"])[host_depth]
@@ -391,8 +393,12 @@ class ItemTrieLogitProcessor:
                 part[:, hi:].fill_(ninf)  # padded vocabulary columns included
                 if keep is not None:
                     part[:, lo:hi] += keep[s:e]
-                else:
-                    part[:, lo:hi] += torch.index_select(tables["wide_bias"][:, lo:hi], 0, bias_row[s:e])
+                else:  # into a grow-only scratch kept with the tables (a fresh 4 MB tensor per block costs page faults)
+                    scratch = tables.setdefault("scratch", [torch.empty(0, device=dev)])
+                    if scratch[0].numel() < block * (hi - lo):
+                        scratch[0] = torch.empty(block * (hi - lo), device=dev)
+                    bias = scratch[0][: (e - s) * (hi - lo)].view(e - s, hi - lo)
+                    part[:, lo:hi] += torch.index_select(tables["wide_bias"][:, lo:hi], 0, bias_row[s:e], out=bias)
             else:
                 part.fill_(ninf)
             flat_view.index_copy_(0, slots, kept)  # children of narrow nodes (and EOS) back in every row
