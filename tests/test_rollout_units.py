@@ -364,6 +364,28 @@ def test_processor_masks_cuda_logits_like_cpu(tmp_path, catalog):
     assert any(k[1].startswith("cuda") for k in cls.__dict__["_table_cache"])  # tables live on the device
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("narrow", [256, 3, 1])
+def test_processor_mask_paths_on_cuda_equal_cpu(catalog, vocab, narrow):
+    """Every mask path (plain, root window, dense bias rows, ragged/padded slots) on CUDA tables and logits (one
+    block, no host sync) gives exactly the CPU result."""
+    from array import array
+
+    from recast_mcore.rollout.trie_processor import ItemTrieLogitProcessor as P
+
+    host = P._prepare(catalog.tables, narrow=narrow)
+    cuda = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in host.items()}
+    g = torch.Generator().manual_seed(2)
+    picks = torch.randint(0, vocab.num_items, (24,), generator=g)
+    for depths in ([0] * 5, [1] * 5, [0, 1, 2, 3] * 6, [0, 2, 3, 0, 2] * 3, [3, 3, 2]):
+        prefixes = [vocab.item_tokens[int(i), :d].tolist() for i, d in zip(picks, depths)]
+        lengths, flat = array("q", map(len, prefixes)), array("q", [t for p in prefixes for t in p])
+        logits = torch.randn(len(prefixes), vocab.vocab_size + 3, generator=g)
+        want = P._mask_logits(host, logits.clone(), P._stage(lengths, flat, torch.device("cpu")), lengths)
+        got = P._mask_logits(cuda, logits.cuda(), P._stage(lengths, flat, torch.device("cuda")), lengths)
+        assert torch.equal(got.cpu(), want), depths
+
+
 @pytest.mark.parametrize("narrow,block_bytes", [(256, 1 << 24), (3, 1 << 24), (1, 1 << 24), (256, 1), (3, 2500), (1, 700)])
 def test_processor_mask_paths_keep_allowed_logits_exactly(catalog, vocab, narrow, block_bytes):
     """Narrow (gather/fill/scatter), dense (bias rows) and root (broadcast) paths, in one row block or many (a block
