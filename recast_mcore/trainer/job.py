@@ -59,6 +59,7 @@ class Job:
     start: StartPoint
     """Where the run started: the checkpoint actually loaded (a mid-RL resume reloads its reference policy from it)."""
     lock: run_lock.RunLock | None = None
+    """The run directory's lock (flock + PID/host), held by every rank until ``close``; None in tests without one."""
     last_saved: tuple[str, dict] | None = None
     """(checkpoint name, trainer state) of the last save of this process (hooks.save_checkpoint)."""
 
