@@ -83,15 +83,12 @@ class ServerPool:
         self.router: LaunchedRouter | None = None
         self.router_client: SGLangClient | None = None
         if cfg.use_router:
-            if api_key:
-                self.close()
-                raise ValueError("sglang.use_router: the servers require an API key (every launched server does) and "
-                                 "sglang-router would need it on its command line (visible in ps) to reach them; "
-                                 "use the built-in pool (use_router: false)")
-            self._start_router(urls)
+            self._start_router(urls, api_key)
 
-    def _start_router(self, urls: list[str]) -> None:
-        """sglang-router in front of ``urls``; generation requests then go through it (see rollout/router.py)."""
+    def _start_router(self, urls: list[str], api_key: str) -> None:
+        """sglang-router in front of ``urls``; generation requests then go through it (see rollout/router.py).
+        The router is started without the key: our client sends ``Authorization: Bearer <key>`` to the router,
+        which forwards that header to the worker (measured, rollout/router.py)."""
         if importlib.util.find_spec("sglang_router") is None:
             self.close()
             raise ModuleNotFoundError("sglang.use_router: the sglang-router package is not installed "
@@ -106,7 +103,7 @@ class ServerPool:
             self.had_failure = True
             self.close()
             raise
-        self.router_client = SGLangClient(self.router.url, self.cfg.request_timeout_s)
+        self.router_client = SGLangClient(self.router.url, self.cfg.request_timeout_s, api_key)
 
     def _start_all(self) -> None:
         errors: list[BaseException] = []
