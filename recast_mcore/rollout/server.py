@@ -132,6 +132,8 @@ class LaunchedServer:
         env["SGLANG_RETURN_ORIGINAL_LOGPROB"] = "1"
         env["SGLANG_ENABLE_DELAY_SAMPLE"] = "1"  # overlap scheduler: sample after the previous step's outputs land
         env.pop(KEY_ENV, None)
+        if self.cfg.api_key_env:  # the trainer's copy of the key: a child gets it through KEY_ENV only (or not at all)
+            env.pop(self.cfg.api_key_env, None)
         if self._api_key:
             env[KEY_ENV] = self._api_key
         if self.cfg.omp_threads > 0:
