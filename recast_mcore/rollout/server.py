@@ -92,7 +92,7 @@ def launch_command(cfg: SGLangServerConfig, model_path: str, port: int, weight_v
         cmd += slot_flags(slot, memory_saver)
     if cfg.mem_fraction_static > 0:
         cmd += ["--mem-fraction-static", str(cfg.mem_fraction_static)]
-    if any(a in ("--api-key", "--admin-api-key") for a in cfg.extra_args):
+    if any(a.split("=")[0] in ("--api-key", "--admin-api-key") for a in cfg.extra_args):
         raise ValueError("sglang.extra_args must not carry an API key (it would show in ps and logs); use api_key_env")
     return cmd + list(cfg.extra_args)
 
