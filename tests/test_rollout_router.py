@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import threading
+import time
 from array import array
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -67,6 +68,10 @@ def test_router_failures_are_recovered_and_nothing_is_lost_or_double_counted(rou
     stub = _StubLaunched(fakes[0])
     pool.servers[0] = stub
     fakes[0].state["sick"] = True  # /health and /generate answer 503: the router would silently route around it
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _router_health(pool)[pool.clients[0].url]:
+        time.sleep(0.5)  # the router's health check (every 2 s) marks it; the pool reads that before each map
+    assert not _router_health(pool)[pool.clients[0].url]
     for f in fakes:
         f.state["paths"] = []
         f.state["fail"] = {"/generate": 1}  # and each worker fails one request while healthy
@@ -78,6 +83,11 @@ def test_router_failures_are_recovered_and_nothing_is_lost_or_double_counted(rou
     assert stub.restarted_with == [("/snapshots/v3", 3)]  # the hidden unhealthy worker was restarted
     served = sum(f.state["paths"].count("/generate") for f in fakes)
     assert served == 8 + sum(1 for f in fakes if f.state["fail"]["/generate"] == 0)  # each failure re-sent once
+
+
+def _router_health(pool) -> dict[str, bool]:
+    workers = pool.router_client.session.get(pool.router.url + "/workers", timeout=10).json()["workers"]
+    return {w["url"]: w["is_healthy"] for w in workers}
 
 
 class _ConstrainingFake(BaseHTTPRequestHandler):
