@@ -74,12 +74,13 @@ def run(engine, routed: bool, fn) -> dict:
     try:
         for c in pool.clients:
             c.flush_cache()
-        rec, before = Recorder(pool), pool.traffic()["requests"]
+        rec, before = Recorder(pool), pool.traffic()
         t0 = time.perf_counter()
         fn()
         wall = time.perf_counter() - t0
         pool.map = rec.orig
-        return {"wall_s": wall, "requests": pool.traffic()["requests"] - before, "maps": rec.maps}
+        after = pool.traffic()
+        return {"wall_s": wall, "maps": rec.maps, **{k: after[k] - before[k] for k in after}}
     finally:
         pool.router_client = saved
 
@@ -129,7 +130,8 @@ def main() -> None:
                 later = [m for r in rs for m in r["maps"][1:]] if name == "beam_search" else []
                 summary[how] = {
                     "wall_s_median": statistics.median(r["wall_s"] for r in rs),
-                    "requests": rs[0]["requests"],
+                    "requests": rs[0]["requests"], "bytes_sent": rs[0]["bytes_sent"],
+                    "bytes_received": rs[0]["bytes_received"],
                     "cached_over_prompt_tokens_levels_ge1": (sum(m[0] for m in later) / max(1, sum(m[1] for m in later)))
                     if later else None,
                 }
