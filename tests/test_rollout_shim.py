@@ -143,20 +143,26 @@ def test_shim_import_hook_patches_the_module_when_it_loads(tmp_path, monkeypatch
 @pytest.mark.sglang
 def test_real_sglang_req_hands_the_request_only_with_the_shim():
     """SGLang 0.5.23's own Req: without the shim a processor request without custom_params gets no ``__req__``
-    (what sglang-router's requests look like), with server_path on PYTHONPATH (as launched servers have) it does."""
-    code = """
-import sys
+    (what sglang-router's requests look like), with it it does (one import of sglang: the shim patches the loaded
+    module; the PYTHONPATH/sitecustomize route into a real server's scheduler is what
+    tests/test_rollout_sglang.py::test_router_serves_constrained_sampling_and_beam_search exercises)."""
+    code = f"""
+import importlib.util, sys
 from array import array
-from sglang.srt.managers.schedule_batch import Req
+from sglang.srt.managers import schedule_batch
 from sglang.srt.sampling.sampling_params import SamplingParams
-r = Req('r', '', array('q', [1, 2]), SamplingParams(max_new_tokens=1), custom_logit_processor='p')
-print('HAS_REQ' if isinstance(r.sampling_params.custom_params, dict) and '__req__' in r.sampling_params.custom_params else 'NO_REQ')
+def has_req():
+    r = schedule_batch.Req('r', '', array('q', [1, 2]), SamplingParams(max_new_tokens=1), custom_logit_processor='p')
+    return isinstance(r.sampling_params.custom_params, dict) and '__req__' in r.sampling_params.custom_params
+before = has_req()
+spec = importlib.util.spec_from_file_location('shim', {str(SERVER_PATH / "recast_sglang_shim.py")!r})
+shim = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(shim)
+shim.install()
+print(before, has_req())
 """
-    results = {}
-    for name, path in (("without", [str(CPU_SERVER_PATH)]), ("with", [str(CPU_SERVER_PATH), str(SERVER_PATH)])):
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=":".join(path), SGLANG_USE_CPU_ENGINE="1")
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        results[name] = (proc.stdout.strip().splitlines()[-1], proc.stderr)
-    assert results["without"][0] == "NO_REQ"
-    assert results["with"][0] == "HAS_REQ" and "custom_params={}" in results["with"][1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(CPU_SERVER_PATH), SGLANG_USE_CPU_ENGINE="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False True"
+    assert "custom_params={}" in proc.stderr  # the patch announces itself in the server log
