@@ -142,8 +142,8 @@ def test_shim_import_hook_patches_the_module_when_it_loads(tmp_path, monkeypatch
 
 @pytest.mark.sglang
 def test_real_sglang_req_hands_the_request_only_with_the_shim():
-    """SGLang 0.5.23's own Req: without the shim a processor request without custom_params gets no ``__req__``
-    (what sglang-router's requests look like), with it it does (one import of sglang: the shim patches the loaded
+    """SGLang 0.5.23's own Req: ``custom_params = {}`` (what the engine sends) gets ``__req__``; without the shim a
+    processor request without custom_params (what sglang-router forwards) gets none, with the shim it does (one import of sglang: the shim patches the loaded
     module; the PYTHONPATH/sitecustomize route into a real server's scheduler is what
     tests/test_rollout_sglang.py::test_router_serves_constrained_sampling_and_beam_search exercises)."""
     code = f"""
@@ -151,9 +151,11 @@ import importlib.util, sys
 from array import array
 from sglang.srt.managers import schedule_batch
 from sglang.srt.sampling.sampling_params import SamplingParams
-def has_req():
-    r = schedule_batch.Req('r', '', array('q', [1, 2]), SamplingParams(max_new_tokens=1), custom_logit_processor='p')
+def has_req(**params):
+    sp = SamplingParams(max_new_tokens=1, **params)
+    r = schedule_batch.Req('r', '', array('q', [1, 2]), sp, custom_logit_processor='p')
     return isinstance(r.sampling_params.custom_params, dict) and '__req__' in r.sampling_params.custom_params
+assert has_req(custom_params={{}})  # what the engine sends: the pool path needs no shim
 before = has_req()
 spec = importlib.util.spec_from_file_location('shim', {str(SERVER_PATH / "recast_sglang_shim.py")!r})
 shim = importlib.util.module_from_spec(spec)
