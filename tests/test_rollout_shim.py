@@ -168,3 +168,15 @@ print(before, has_req())
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "False True"
     assert "custom_params={}" in proc.stderr  # the patch announces itself in the server log
+
+
+def test_server_path_sitecustomize_installs_the_shim_and_runs_the_one_it_shadows(tmp_path):
+    """What a launched GPU server's interpreter does at start-up (``server_path`` first on PYTHONPATH): the shim's
+    import hook is in place before any sglang import, and an image's own sitecustomize further down still runs."""
+    (tmp_path / "sitecustomize.py").write_text("import os\nos.environ['IMAGE_SITECUSTOMIZE_RAN'] = '1'\n")
+    code = ("import os, sys; print(os.environ.get('IMAGE_SITECUSTOMIZE_RAN'), 'recast_sglang_shim' in sys.modules, "
+            "any(type(f).__name__ == '_PatchAfterLoad' for f in sys.meta_path))")
+    env = dict(os.environ, PYTHONPATH=f"{SERVER_PATH}:{tmp_path}")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "True", "True"]
