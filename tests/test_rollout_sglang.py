@@ -230,20 +230,39 @@ def test_attach_mode_uses_a_running_server(setup, tmp_path):
     assert engine.pool.servers[0].is_running()  # closing an attached engine leaves the server alone
 
 
-def test_router_is_refused_in_front_of_keyed_servers(setup, tmp_path, monkeypatch):
-    """Launched servers require the run's API key (docs/rollout.md "Locked-down servers"); sglang-router could only
-    reach them with the key on its command line, so ``use_router`` with a key is refused with a clear error
-    before anything starts, and the server keeps serving. (The router also drops the trie params:
-    tests/test_rollout_router.py shows it with a real router in front of a fake worker.)"""
-    engine = setup["engine"]
+def test_router_serves_constrained_sampling_and_beam_search(setup, tmp_path, monkeypatch):
+    """sglang-router 0.3.2 in front of the session's real CPU server (which requires the run's API key and loads
+    the custom_params shim, like every launched server): the engine's construction check passes (the router drops
+    custom_params; the shim hands the processor the request), sampled items are 100% catalog items with reference
+    log-probs, the beam search through the router equals the pool's (items, scores, per-token log-probs) in
+    O(levels) requests, and the key is on neither the router's command line nor its environment."""
+    from pathlib import Path
+
+    engine, catalog, prompts = setup["engine"], setup["catalog"], setup["prompts"]
+    engine.sync_cfg = WeightSyncConfig(method="disk")  # a snapshot of exactly the weights being served
+    engine.update_weights(setup["model"].state_dict(), engine.policy_version + 1)
     monkeypatch.setenv("RECAST_TEST_ROUTER_KEY", engine._api_key)
     cfg = SGLangServerConfig(mode="attach", urls=[engine.pool.clients[0].url], request_timeout_s=60, use_router=True,
                              api_key_env="RECAST_TEST_ROUTER_KEY", log_dir=str(tmp_path / "logs"))
-    with pytest.raises(ValueError, match="use_router: the servers require an API key"):
-        SGLangRolloutEngine(cfg, WeightSyncConfig(), setup["catalog"], engine.model_path,
-                            work_dir=str(tmp_path / "w"), initial_version=engine.policy_version)
-    groups = engine.generate(setup["prompts"], [[0]] * 8, SamplingConfig(group_size=2))
-    _check_groups_against_reference(setup, groups, 2)
+    routed = SGLangRolloutEngine(cfg, WeightSyncConfig(), catalog, engine.model_path, work_dir=str(tmp_path / "w"),
+                                 initial_version=engine.policy_version)
+    try:
+        assert routed.pool.router_client is not None
+        for name in ("cmdline", "environ"):
+            assert engine._api_key.encode() not in Path(f"/proc/{routed.pool.router.proc.pid}/{name}").read_bytes()
+        groups = routed.generate(prompts, [[0]] * len(prompts), SamplingConfig(group_size=6))
+        assert groups.policy_version == engine.policy_version
+        _check_groups_against_reference(setup, groups, 6)  # 100% catalog items, constrained log-probs
+        before = routed.pool.traffic()["requests"]
+        through = routed.beam_search(prompts[:3], beam_width=5)
+        assert routed.pool.traffic()["requests"] - before == catalog.item_len  # one request per chunk and level
+        direct = engine.beam_search(prompts[:3], beam_width=5)
+        assert torch.equal(through.item_ids, direct.item_ids) and torch.equal(through.responses, direct.responses)
+        assert torch.equal(through.scores, direct.scores)
+        assert torch.equal(through.token_logprobs, direct.token_logprobs)
+    finally:
+        routed.close()
+    assert engine.pool.servers[0].is_running()  # the router stops, the server keeps serving
 
 
 if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "actor-worker":

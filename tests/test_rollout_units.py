@@ -176,10 +176,10 @@ def test_registry_errors(catalog):
 def test_cpu_bridges_only_on_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     env = cpu_bridge.server_env({"PYTHONPATH": "/x"})
-    assert env["PYTHONPATH"].split(":") == [str(cpu_bridge.CPU_SERVER_PATH), "/x"]
+    assert env["PYTHONPATH"].split(":") == [str(cpu_bridge.CPU_SERVER_PATH), str(cpu_bridge.SERVER_PATH), "/x"]
     assert env["SGLANG_USE_CPU_ENGINE"] == "1"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert cpu_bridge.server_env({"PYTHONPATH": "/x"}) == {"PYTHONPATH": "/x"}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # GPU: only the custom_params shim
+    assert cpu_bridge.server_env({"PYTHONPATH": "/x"}) == {"PYTHONPATH": f"{cpu_bridge.SERVER_PATH}:/x"}
 
 
 def test_sgl_kernel_stand_in_matches_reference():

@@ -74,9 +74,32 @@ def test_launch_commands_carry_the_slot_and_never_the_key():
 
 
 def test_launcher_refuses_a_key_on_the_command_line():
-    proc = subprocess.run([sys.executable, "-m", "recast_mcore.rollout.sglang_launch", "--api-key", "k"],
-                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=60)
-    assert proc.returncode != 0 and "not on the command line" in proc.stderr
+    for argv in (["--api-key", "k"], ["--api-key=k"]):
+        proc = subprocess.run([sys.executable, "-m", "recast_mcore.rollout.sglang_launch", *argv], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=60)
+        assert proc.returncode != 0 and "not on the command line" in proc.stderr
+    with pytest.raises(ValueError, match="must not carry an API key"):
+        launch_command(SGLangServerConfig(extra_args=["--api-key=x"]), "/m", 1, 0)
+
+
+def test_launcher_hands_sglang_a_key_that_starts_with_a_dash(monkeypatch):
+    """``secrets.token_urlsafe`` keys start with "-" one time in 64: ``--api-key -x..`` made argparse exit with
+    "expected one argument" (measured: a launched server died so); ``--api-key=-x..`` is one token."""
+    from recast_mcore.rollout import sglang_launch
+
+    seen = {}
+    monkeypatch.setattr(sys, "argv", ["sglang_launch", "--port", "1"])
+    monkeypatch.setenv(sglang_launch.KEY_ENV, "-dashed_key")
+    monkeypatch.setattr(sglang_launch, "_redact_key_in_startup_log", lambda: None)
+    monkeypatch.setattr(sglang_launch.runpy, "run_module", lambda *a, **k: seen.setdefault("argv", list(sys.argv)))
+    sglang_launch.main()
+    assert seen["argv"][-1] == "--api-key=-dashed_key" and sglang_launch.KEY_ENV not in os.environ
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--api-key")
+    parser.add_argument("--port")
+    assert parser.parse_args(seen["argv"][1:]).api_key == "-dashed_key"  # what SGLang's argparse reads
 
 
 # ---- lockdown configs ------------------------------------------------------------------------------------

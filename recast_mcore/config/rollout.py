@@ -79,8 +79,10 @@ class SGLangServerConfig:
     """Launch without the model's tokenizer (the trainer sends and reads token ids); false loads it, so the same
     server also answers text requests (e.g. an imported LLM with its expanded tokenizer)."""
     use_router: bool = False
-    """Send generation requests through sglang-router (launched here, in front of the servers) instead of
-    spreading chunks round-robin; weight updates and health checks still go to every server directly."""
+    """Send generation requests (sampling and every beam-search level) through sglang-router (launched here, in
+    front of the servers, cache-aware) instead of spreading chunks round-robin; weight updates and health checks
+    still go to every server directly. Attached servers need ``recast_mcore/rollout/server_path`` on their
+    PYTHONPATH (the ``custom_params`` shim; checked at construction, docs/rollout.md "Servers")."""
     router_policy: Literal["cache_aware", "round_robin", "random", "power_of_two"] = "cache_aware"
     """sglang-router load-balancing policy (``use_router``)."""
     router_cache_threshold: float = 0.01

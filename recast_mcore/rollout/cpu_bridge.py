@@ -24,6 +24,9 @@ import torch
 
 CPU_SERVER_PATH = Path(__file__).resolve().parent / "cpu_server_path"
 """Directory with ``sgl_kernel/`` and ``sitecustomize.py``; prepended to a CPU server's PYTHONPATH."""
+SERVER_PATH = Path(__file__).resolve().parent / "server_path"
+"""Directory with the ``custom_params`` shim (``recast_sglang_shim.py`` + its ``sitecustomize.py``); on every
+launched server's PYTHONPATH, CPU and GPU (after ``CPU_SERVER_PATH`` on CPU, whose sitecustomize installs it)."""
 
 
 def needs_cpu_bridges() -> bool:
@@ -32,11 +35,13 @@ def needs_cpu_bridges() -> bool:
 
 
 def server_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for an SGLang server process: the CPU bridges on its PYTHONPATH when on CPU."""
+    """Environment for an SGLang server process: the ``custom_params`` shim on its PYTHONPATH, and the CPU
+    bridges before it when on CPU."""
     env = dict(os.environ if base is None else base)
+    first = [str(CPU_SERVER_PATH), str(SERVER_PATH)] if needs_cpu_bridges() else [str(SERVER_PATH)]
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in first]
+    env["PYTHONPATH"] = os.pathsep.join(first + rest)
     if needs_cpu_bridges():
-        parts = [str(CPU_SERVER_PATH)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        env["PYTHONPATH"] = os.pathsep.join(parts)
         env["SGLANG_USE_CPU_ENGINE"] = "1"
     return env
 

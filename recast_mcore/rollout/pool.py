@@ -29,6 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import requests
+
 from recast_mcore.config.rollout import SGLangServerConfig
 from recast_mcore.rollout.client import RequestRejected, ServerUnavailable, SGLangClient, WeightUpdateFailed
 from recast_mcore.rollout.placement import ServerSlot
@@ -83,15 +85,12 @@ class ServerPool:
         self.router: LaunchedRouter | None = None
         self.router_client: SGLangClient | None = None
         if cfg.use_router:
-            if api_key:
-                self.close()
-                raise ValueError("sglang.use_router: the servers require an API key (every launched server does) and "
-                                 "sglang-router would need it on its command line (visible in ps) to reach them; "
-                                 "use the built-in pool (use_router: false)")
-            self._start_router(urls)
+            self._start_router(urls, api_key)
 
-    def _start_router(self, urls: list[str]) -> None:
-        """sglang-router in front of ``urls``; generation requests then go through it (see rollout/router.py)."""
+    def _start_router(self, urls: list[str], api_key: str) -> None:
+        """sglang-router in front of ``urls``; generation requests then go through it (see rollout/router.py).
+        The router is started without the key: our client sends ``Authorization: Bearer <key>`` to the router,
+        which forwards that header to the worker (measured, rollout/router.py)."""
         if importlib.util.find_spec("sglang_router") is None:
             self.close()
             raise ModuleNotFoundError("sglang.use_router: the sglang-router package is not installed "
@@ -106,7 +105,7 @@ class ServerPool:
             self.had_failure = True
             self.close()
             raise
-        self.router_client = SGLangClient(self.router.url, self.cfg.request_timeout_s)
+        self.router_client = SGLangClient(self.router.url, self.cfg.request_timeout_s, api_key)
 
     def _start_all(self) -> None:
         errors: list[BaseException] = []
@@ -127,7 +126,7 @@ class ServerPool:
         levels of one prompt chunk's beam search (prefix cache); without it, round-robin.
         """
         if self.router_client is not None:
-            self._recover_behind_router()  # the router hides unhealthy workers: restart them, never lose one silently
+            self._recover_what_the_router_hides()  # it routes around unhealthy workers: restart them, never lose one
         results: list[R | None] = [None] * len(payloads)
         pending = list(range(len(payloads)))
         for attempt in range(self.cfg.max_retries + 1):
@@ -181,16 +180,37 @@ class ServerPool:
     def _client(self, ep: int) -> SGLangClient:
         return self.router_client if ep == ROUTER else self.clients[ep]
 
+    def _recover_what_the_router_hides(self) -> None:
+        """Before a map through the router: recover the workers the router marks unhealthy (one ``GET /workers``,
+        its view from its own health checks every 2 s) and launched workers whose process died. Cheap: SGLang's
+        ``/health`` takes at least 1 s (it waits for a 1-token generation, sglang/srt/entrypoints/http_server.py),
+        so probing every worker before every map (measured: +1 s per worker per map) is left to failures."""
+        self._restart_router_if_dead()
+        try:
+            listed = self.router_client.session.get(self.router.url + "/workers", timeout=10).json()["workers"]
+            hidden = {w["url"] for w in listed if not w.get("is_healthy", True)}
+        except (requests.RequestException, ValueError, KeyError, TypeError) as exc:
+            log.warning("sglang-router /workers unreadable (%s); probing every worker", exc)
+            return self._recover_behind_router()
+        dead = {ep for ep in self.live if self.servers[ep] is not None and not self.servers[ep].is_running()}
+        self._recover_and_wait([ep for ep in self.live if ep in dead or self.clients[ep].url in hidden])
+
     def _recover_behind_router(self) -> None:
         """A request through the router failed: recover every worker that is dead or unhealthy, then give the
         router's health check (every 2 s) time to route to the restarted ones again."""
+        self._restart_router_if_dead()
+        self._recover_and_wait(list(self.live))
+
+    def _restart_router_if_dead(self) -> None:
         if self.router is not None and not self.router.is_running():
             self.had_failure = True
             log.warning("sglang-router at %s died; restarting it", self.router.url)
             self.router.stop()
             self.router.start()
+
+    def _recover_and_wait(self, endpoints: list[int]) -> None:
         before = (self.restarts, len(self.live))
-        for ep in list(self.live):
+        for ep in endpoints:
             self.recover(ep)
         if (self.restarts, len(self.live)) != before:
             time.sleep(3.0)

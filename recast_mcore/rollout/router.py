@@ -10,6 +10,17 @@ routing text is every sequence's ids joined, so a beam-search chunk at level t (
 shares only its prompts with the level-0 chunk: a match ratio of about 1/w, below the default 0.3, and the
 router would send the level elsewhere (measured: with 0.3 the levels of a chunk moved between the 2 workers,
 with 0.01 every level of every chunk stayed on its level-0 worker; tests/test_rollout_router.py).
+
+What it needs from the workers: the ``custom_params`` shim (rollout/server_path; on every launched server's
+PYTHONPATH), because the router re-serializes ``/generate`` without ``sampling_params.custom_params``; the engine
+checks this at construction (sglang_engine.py).
+
+API keys (measured with header-recording workers behind sglang-router 0.3.2, tests/test_rollout_router.py):
+without ``--api-key`` the router forwards the client's ``Authorization`` header to the worker unchanged and
+sends its own ``/health`` checks without one (SGLang answers ``/health`` without a key); with ``--api-key K`` it
+requires ``Bearer K`` from the client and sends it to the workers. So the router is started WITHOUT the key (its
+argv and environment never hold it) and our client sends ``Authorization: Bearer <key>`` to it: a request
+without the key is answered 401 by the worker, through the router.
 """
 
 from __future__ import annotations

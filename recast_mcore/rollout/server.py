@@ -92,7 +92,7 @@ def launch_command(cfg: SGLangServerConfig, model_path: str, port: int, weight_v
         cmd += slot_flags(slot, memory_saver)
     if cfg.mem_fraction_static > 0:
         cmd += ["--mem-fraction-static", str(cfg.mem_fraction_static)]
-    if any(a in ("--api-key", "--admin-api-key") for a in cfg.extra_args):
+    if any(a.split("=")[0] in ("--api-key", "--admin-api-key") for a in cfg.extra_args):
         raise ValueError("sglang.extra_args must not carry an API key (it would show in ps and logs); use api_key_env")
     return cmd + list(cfg.extra_args)
 
@@ -132,6 +132,8 @@ class LaunchedServer:
         env["SGLANG_RETURN_ORIGINAL_LOGPROB"] = "1"
         env["SGLANG_ENABLE_DELAY_SAMPLE"] = "1"  # overlap scheduler: sample after the previous step's outputs land
         env.pop(KEY_ENV, None)
+        if self.cfg.api_key_env:  # the trainer's copy of the key: a child gets it through KEY_ENV only (or not at all)
+            env.pop(self.cfg.api_key_env, None)
         if self._api_key:
             env[KEY_ENV] = self._api_key
         if self.cfg.omp_threads > 0:

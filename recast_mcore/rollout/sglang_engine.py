@@ -7,9 +7,13 @@ at temperature 1, i.e. ``log pi_c(y_t | x, y_<t)`` of the contract, whatever the
 
 Beam search (``beam.constrained_beam_search``): per level, one query per live (prompt, beam) =
 ``prompt + beam prefix`` with ``max_new_tokens = 1``, greedy, ``top_logprobs_num = K`` under the trie processor
-(told the prefix length through ``custom_params.prefix_len``), so SGLang returns the K best allowed tokens with
+(told the prefix length by the processor string of level t), so SGLang returns the K best allowed tokens with
 their constrained (renormalized) log-probs: no allowed-id lists are sent. One HTTP request per prompt chunk
 and level; a chunk stays on one server across levels (its prompt KV is in that server's radix cache).
+
+Requests carry the catalog and prefix length inside the processor string (``trie_processor_string(path, t)``)
+and ``custom_params = {}``, so they survive sglang-router (``use_router``), which drops ``custom_params``; its
+workers need the ``custom_params`` shim (``rollout/server_path``, on every launched server's PYTHONPATH).
 
 Versions: servers are launched with ``--weight-version v`` (attached servers are loaded from ``model_dir`` and
 labelled ``v`` with ``/update_weights_from_disk`` at construction) and every update passes ``weight_version``;
@@ -35,9 +39,9 @@ from recast_mcore.rollout.base import EngineResources, register_engine
 from recast_mcore.rollout.beam import constrained_beam_search
 from recast_mcore.rollout.catalog import ItemCatalog, check_prompts
 from recast_mcore.rollout.client import SGLangClient
-from recast_mcore.rollout.cpu_bridge import needs_cpu_bridges
+from recast_mcore.rollout.cpu_bridge import SERVER_PATH, needs_cpu_bridges
 from recast_mcore.rollout.pool import ServerPool
-from recast_mcore.rollout.trie_processor import trie_params, trie_processor_string
+from recast_mcore.rollout.trie_processor import trie_processor_string
 from recast_mcore.rollout.types import BeamResults, RolloutGroups
 from recast_mcore.rollout.placement import ServerSlot
 from recast_mcore.rollout.sync_coordinator import SyncCoordinator, retry_plan
@@ -78,7 +82,7 @@ class SGLangRolloutEngine:
         self.resync: Callable[[], None] | None = None
         """Set by the trainer: re-sync the current weights from the actor (collective) after a server restart."""
         self.trie_path = str(catalog.save(self.work_dir / "trie"))
-        self.processor = trie_processor_string()
+        self._processors: dict[int, str] = {}  # prefix_len -> this catalog's processor string
         self._api_key = resolve_api_key(server_cfg) if api_key is None else api_key
         self.pool = ServerPool(server_cfg, self.model_path, initial_version,
                                current_weights=lambda: (self.model_path, self._model_path_version),
@@ -94,22 +98,31 @@ class SGLangRolloutEngine:
         if server_cfg.use_router:
             self._check_router_applies_the_trie()
 
+    def _processor(self, prefix_len: int) -> str:
+        """The trie processor string of this catalog for rows whose last ``prefix_len`` inputs belong to the item."""
+        if prefix_len not in self._processors:
+            self._processors[prefix_len] = trie_processor_string(self.trie_path, prefix_len)
+        return self._processors[prefix_len]
+
     def _check_router_applies_the_trie(self) -> None:
         """One constrained 1-token request through the router: its top-(n+1) log-probs at the root must hold the
         n root tokens and nothing else. sglang-router 0.3.2 re-serializes requests without
-        ``sampling_params.custom_params`` (measured), so SGLang never hands the processor the request: refuse it."""
+        ``sampling_params.custom_params`` (measured), so a worker without the shim never hands the processor the
+        request (the processor then allows EOS only): refuse the router, saying how to start the workers."""
         roots = self.catalog.tables["edge_token"][: int(self.catalog.tables["node_start"][1])].tolist()
-        body = {"input_ids": [[self.catalog.eos_id]], "custom_logit_processor": self.processor,
-                "sampling_params": {"temperature": 0.0, "max_new_tokens": 1, "custom_params": trie_params(self.trie_path)},
+        body = {"input_ids": [[self.catalog.eos_id]], "custom_logit_processor": self._processor(0),
+                "sampling_params": {"temperature": 0.0, "max_new_tokens": 1, "custom_params": {}},
                 "return_logprob": True, "top_logprobs_num": min(len(roots) + 1, self.catalog.vocab_size)}
         top = self.pool.map([body], lambda client, b: client.generate(b))[0][0]["meta_info"]["output_top_logprobs"][0]
         finite = {int(t) for lp, t, _ in top if lp is not None and lp > -1e30}
         if finite != set(roots):
             self.close()
             raise RouterUnsupportedError(
-                "sglang.use_router: the trie constraint is not applied through sglang-router (it forwarded the request "
-                "without sampling_params.custom_params, so SGLang hands the processor no request); generation needs the "
-                "constraint, so use the built-in pool (use_router: false). See docs/rollout.md.")
+                "sglang.use_router: the trie constraint is not applied through sglang-router: it forwards /generate "
+                "without sampling_params.custom_params, and a worker hands the processor the request only with the "
+                f"recast_mcore custom_params shim loaded. Start every attached server with PYTHONPATH={SERVER_PATH} "
+                "(on CPU: recast_mcore/rollout/cpu_server_path first, then that directory), or use the built-in pool "
+                "(use_router: false). See docs/rollout.md (Servers).")
 
     # ---- sampling -------------------------------------------------------------------------------
     def generate(self, prompt_ids: list[list[int]], targets: list[list[int]], sampling: SamplingConfig) -> RolloutGroups:
@@ -151,10 +164,10 @@ class SGLangRolloutEngine:
             "sampling_params": {
                 "n": 1, "temperature": sampling.temperature, "top_p": sampling.top_p,
                 "top_k": sampling.top_k, "max_new_tokens": self.catalog.response_len,
-                "custom_params": trie_params(self.trie_path),
+                "custom_params": {},  # the request object only (what sglang-router drops; server_path's shim)
             },
             "return_logprob": True,
-            "custom_logit_processor": self.processor,
+            "custom_logit_processor": self._processor(0),
         }
 
     def _parse_sample(self, sample: dict[str, Any], t_len: int) -> tuple[list[int], list[float]]:
@@ -209,11 +222,11 @@ class SGLangRolloutEngine:
         chunk_of = owner // size
         bounds = torch.searchsorted(chunk_of, torch.arange(int(chunk_of[-1]) + 2)).tolist()
         spans = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-        params = trie_params(self.trie_path, prefix_len=prefixes.shape[1])
+        processor = self._processor(prefixes.shape[1])
         bodies = [{
             "input_ids": seqs[lo:hi],
-            "sampling_params": {"temperature": 0.0, "max_new_tokens": 1, "custom_params": params},
-            "return_logprob": True, "top_logprobs_num": k, "custom_logit_processor": self.processor,
+            "sampling_params": {"temperature": 0.0, "max_new_tokens": 1, "custom_params": {}},
+            "return_logprob": True, "top_logprobs_num": k, "custom_logit_processor": processor,
         } for lo, hi in spans]
         outs = self.pool.map(bodies, lambda client, body: client.generate(body),
                              affinity=[int(chunk_of[lo]) for lo, _ in spans])

@@ -35,11 +35,11 @@ def _redact_key_in_startup_log() -> None:
 
 def main() -> None:
     key = os.environ.pop(KEY_ENV, "")
-    if "--api-key" in sys.argv:
+    if any(a == "--api-key" or a.startswith("--api-key=") for a in sys.argv):
         raise SystemExit(f"pass the API key in ${KEY_ENV}, not on the command line (it would show in ps and logs)")
     if key:
         _redact_key_in_startup_log()
-        sys.argv += ["--api-key", key]
+        sys.argv.append(f"--api-key={key}")  # one token: a key starting with "-" (token_urlsafe) is no option
     runpy.run_module("sglang.launch_server", run_name="__main__", alter_sys=True)
 
 

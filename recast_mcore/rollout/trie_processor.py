@@ -7,10 +7,20 @@ the stdlib are imported inside the methods and no module global is referenced. `
 serializes it by value (the server does not need recast_mcore installed). SGLang deserializes a processor
 string once (``functools.lru_cache``), so state stored on the class lives as long as the server process.
 
-Per request, ``custom_params = {"trie": <catalog hash>, "trie_path": <file>, "prefix_len": t}``. The tables are
-loaded once per server process and catalog (the hash is the cache key; the file is read on the first request
-that names it), moved once to the logits' device, and kept there. ``prefix_len = t`` says that the last ``t``
-input tokens already belong to the item (beam-search queries send ``prompt + beam prefix``); sampling sends 0.
+Per request, three values: the catalog hash, the table file and ``prefix_len = t``. They travel IN the processor
+string (``trie_processor_string(path, t)``: class attributes ``_baked = (hash, file, t)``; one string per catalog
+and t, at most L + 1, each deserialized once by SGLang's unbounded ``lru_cache``), so a request needs nothing in
+``sampling_params.custom_params``, which sglang-router 0.3.2 drops; it only needs SGLang to hand the processor
+the request object (``custom_params["__req__"]``: SGLang adds it to a dict ``custom_params``; the engine sends
+``{}``, and ``server_path/recast_sglang_shim.py`` makes a server treat a missing one as ``{}``). The classes of
+one processor code share one owner (``_owner``: the first deserialized in the process) that holds the table
+cache, so the L + 1 strings of a catalog load its tables once. The unbaked string (``trie_processor_string()``)
+reads the same three values from ``custom_params = {"trie": <hash>, "trie_path": <file>, "prefix_len": t}``
+(tools, tests); the masking is the same code either way. The tables are loaded once per server process and
+catalog (the hash is the cache key; the file is read on the first request that names it), moved once to the
+logits' device, and kept there. ``prefix_len = t`` says that the last ``t`` input tokens already belong to the
+item (beam-search queries send ``prompt + beam prefix``); sampling sends 0. A row without ``__req__`` (a server
+without the shim behind the router) cannot be read: it may only emit EOS, so the client rejects it.
 
 Trie tables (``build_trie_tables`` from ``item_tokens [N, L]``, ``V`` = vocab size):
   - nodes: root = 0, then the distinct item prefixes of length 1..L numbered depth by depth
@@ -172,6 +182,10 @@ class ItemTrieLogitProcessor:
         params = custom_param_list or []
         if not params:
             return logits
+        baked = type(self).__dict__.get("_baked")
+        if baked is not None:  # a per-(catalog, prefix_len) string: every row of this call is ours
+            key, path, prefix_len = baked
+            return type(self)._owner()._apply(logits, params, key, path, [prefix_len] * len(params))
         try:  # normally every row carries our params: C-level scan
             keys = set(map(itemgetter("trie"), params))
         except (KeyError, TypeError):
@@ -183,10 +197,32 @@ class ItemTrieLogitProcessor:
             for key in keys:
                 type(self)._apply_rows(logits, params, [i for i, p in enumerate(params) if p["trie"] == key])
             return logits
-        tables = type(self)._tables_for(next(iter(keys)), params[0]["trie_path"], logits.device)
-        lengths, flat = type(self)._read_prefixes(params)
-        staged = type(self)._stage(lengths, flat, logits.device)
-        return type(self)._mask_logits(tables, logits, staged, lengths)
+        return type(self)._owner()._apply(logits, params, next(iter(keys)), params[0]["trie_path"],
+                                          list(map(itemgetter("prefix_len"), params)))
+
+    @classmethod
+    def _apply(cls, logits, params, key, path, pre_lens):
+        """Mask ``logits`` of rows of one catalog (``pre_lens``: each row's ``prefix_len``)."""
+        tables = cls._tables_for(key, path, logits.device)
+        lengths, flat = cls._read_prefixes(params, pre_lens)
+        staged = cls._stage(lengths, flat, logits.device)
+        return cls._mask_logits(tables, logits, staged, lengths)
+
+    @classmethod
+    def _owner(cls):
+        """The class that holds this process's caches for this processor code: the first one deserialized.
+
+        Every string of one processor code (``_code``; one per catalog and prefix length) is its own class in
+        the server; they all delegate to one owner, so a catalog's tables are loaded and kept once."""
+        import sys
+        import types
+
+        shared = sys.modules.get("_recast_trie_processor_owners")
+        if shared is None:
+            shared = types.ModuleType("_recast_trie_processor_owners")
+            shared.owners = {}
+            sys.modules["_recast_trie_processor_owners"] = shared
+        return shared.owners.setdefault(cls.__dict__.get("_code") or id(cls), cls)
 
     @classmethod
     def _apply_rows(cls, logits, params, rows):
@@ -198,8 +234,12 @@ class ItemTrieLogitProcessor:
         return logits
 
     @staticmethod
-    def _read_prefixes(params):
-        """Row lengths and the flat prefix tokens (last ``prefix_len`` inputs + outputs), C-level iteration only.
+    def _read_prefixes(params, pre_lens):
+        """Row lengths and the flat prefix tokens (last ``pre_lens[r]`` inputs + outputs), C-level iteration only.
+
+        A row without ``__req__`` (SGLang hands the request only to a dict ``custom_params``: a server without
+        the shim behind sglang-router) gets an off-trie prefix, so it may only emit EOS and the client rejects
+        the item (a misuse path: per-row Python is fine there).
 
         Overlap guard: SGLang allocates a request's KV slot for the token being decoded before it samples, so at
         sampling time ``kv.kv_allocated_len == len(origin_input_ids) + len(output_ids)``; one more means the
@@ -211,10 +251,19 @@ class ItemTrieLogitProcessor:
         from itertools import chain, repeat
         from operator import add, attrgetter, getitem, itemgetter, sub
 
-        reqs = list(map(itemgetter("__req__"), params))
+        try:
+            reqs = list(map(itemgetter("__req__"), params))
+        except (KeyError, TypeError):
+            from types import SimpleNamespace
+
+            def unreadable(t):  # no such token: off-trie (or longer than an item), EOS only
+                return SimpleNamespace(origin_input_ids=array("q", [1 << 40] * t), output_ids=array("q", [1 << 40]),
+                                       kv=SimpleNamespace(kv_allocated_len=t + 1))
+
+            reqs = [p["__req__"] if isinstance(p, dict) and "__req__" in p else unreadable(t)
+                    for p, t in zip(params, pre_lens)]
         outs = list(map(attrgetter("output_ids"), reqs))
         out_lens = array("q", map(len, outs))
-        pre_lens = list(map(itemgetter("prefix_len"), params))
         if any(pre_lens):
             origins = list(map(attrgetter("origin_input_ids"), reqs))
             cuts = map(slice, map(sub, map(len, origins), pre_lens), repeat(None))
@@ -436,12 +485,25 @@ class ItemTrieLogitProcessor:
         return node, on_trie
 
 
-def trie_processor_string() -> str:
+def trie_processor_string(path: str | Path | None = None, prefix_len: int = 0) -> str:
     """The processor serialized *by value* (dill), as SGLang's ``custom_logit_processor`` field expects.
 
+    With ``path`` (a ``save_trie_tables`` file): the string of that catalog and ``prefix_len``, which carries
+    the request's values itself (``_baked``; see module docstring), so the request needs no ``custom_params``
+    content. Without: the values come from each row's ``custom_params`` (``trie_params``).
     dill pickles functions of an importable module by reference; the methods are re-created as
     ``__main__`` functions with empty globals so their code travels with the class.
     """
+    attrs = dict(_by_value_attrs())
+    if path is not None:
+        params = trie_params(path, prefix_len)
+        attrs.update(_baked=(params["trie"], params["trie_path"], params["prefix_len"]), _code=_code_hash())
+    cls = type(ItemTrieLogitProcessor.__name__, (), attrs)
+    return json.dumps({"callable": dill.dumps(cls, recurse=True).hex()})
+
+
+def _by_value_attrs() -> dict:
+    """The processor's methods as ``__main__`` functions with empty globals (their code travels by value)."""
 
     def by_value(fn):
         clone = types.FunctionType(fn.__code__, {"__builtins__": builtins}, fn.__name__, fn.__defaults__)
@@ -455,5 +517,11 @@ def trie_processor_string() -> str:
             attrs[name] = type(member)(by_value(member.__func__))
         elif isinstance(member, types.FunctionType):
             attrs[name] = by_value(member)
-    cls = type(ItemTrieLogitProcessor.__name__, (), attrs)
-    return json.dumps({"callable": dill.dumps(cls, recurse=True).hex()})
+    return attrs
+
+
+def _code_hash() -> str:
+    """Identity of the processor's code (its source): the classes of one code share one owner on a server."""
+    import inspect
+
+    return hashlib.sha256(inspect.getsource(ItemTrieLogitProcessor).encode()).hexdigest()[:16]

@@ -17,3 +17,18 @@ except Exception as exc:  # a broken bridge must not hide the real error
     import sys
 
     print(f"[recast_mcore cpu_bridge] could not declare torchvision op schemas: {exc!r}", file=sys.stderr)
+
+# The custom_params shim (rollout/server_path/recast_sglang_shim.py): a server's PYTHONPATH holds server_path
+# right after this directory, whose own sitecustomize is shadowed by this one. Absent (this file run in the
+# trainer process by cpu_bridge.declare_torchvision_ops_in_process): nothing to install there.
+import importlib.util as _util
+
+if _util.find_spec("recast_sglang_shim") is not None:
+    try:
+        import recast_sglang_shim
+
+        recast_sglang_shim.install()
+    except Exception as exc:  # the engine's router check still refuses a worker without it
+        import sys
+
+        print(f"[recast_mcore sglang shim] not installed: {exc!r}", file=sys.stderr)
