@@ -374,7 +374,6 @@ def test_processor_mask_paths_on_cuda_equal_cpu(catalog, vocab, narrow):
     from recast_mcore.rollout.trie_processor import ItemTrieLogitProcessor as P
 
     host = P._prepare(catalog.tables, narrow=narrow)
-    cuda = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in host.items()}
     g = torch.Generator().manual_seed(2)
     picks = torch.randint(0, vocab.num_items, (24,), generator=g)
     for depths in ([0] * 5, [1] * 5, [0, 1, 2, 3] * 6, [0, 2, 3, 0, 2] * 3, [3, 3, 2]):
@@ -382,6 +381,8 @@ def test_processor_mask_paths_on_cuda_equal_cpu(catalog, vocab, narrow):
         lengths, flat = array("q", map(len, prefixes)), array("q", [t for p in prefixes for t in p])
         logits = torch.randn(len(prefixes), vocab.vocab_size + 3, generator=g)
         want = P._mask_logits(host, logits.clone(), P._stage(lengths, flat, torch.device("cpu")), lengths)
+        # copied after a CPU step, as _tables_for copies cached CPU tables (non-tensors, e.g. scratch, by reference)
+        cuda = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in host.items()}
         got = P._mask_logits(cuda, logits.cuda(), P._stage(lengths, flat, torch.device("cuda")), lengths)
         assert torch.equal(got.cpu(), want), depths
 

@@ -442,11 +442,12 @@ class ItemTrieLogitProcessor:
                 part[:, hi:].fill_(ninf)  # padded vocabulary columns included
                 if keep is not None:
                     part[:, lo:hi] += keep[s:e]
-                else:  # into a grow-only scratch kept with the tables (a fresh 4 MB tensor per block costs page faults)
-                    scratch = tables.setdefault("scratch", [torch.empty(0, device=dev)])
-                    if scratch[0].numel() < block * (hi - lo):
-                        scratch[0] = torch.empty(block * (hi - lo), device=dev)
-                    bias = scratch[0][: (e - s) * (hi - lo)].view(e - s, hi - lo)
+                else:  # into a grow-only scratch per device (a fresh 4 MB tensor per block costs page faults); the
+                    # dict travels by reference when _tables_for copies CPU tables to another device
+                    scratch = tables.setdefault("scratch", {})
+                    if dev not in scratch or scratch[dev].numel() < block * (hi - lo):
+                        scratch[dev] = torch.empty(block * (hi - lo), device=dev)
+                    bias = scratch[dev][: (e - s) * (hi - lo)].view(e - s, hi - lo)
                     part[:, lo:hi] += torch.index_select(tables["wide_bias"][:, lo:hi], 0, bias_row[s:e], out=bias)
             else:
                 part.fill_(ninf)
